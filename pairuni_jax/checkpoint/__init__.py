@@ -1,0 +1,1 @@
+"""Checkpoint I/O: Orbax model directories, Hugging Face conversion."""

@@ -1,0 +1,102 @@
+"""Orbax model directories: ``params/`` (Orbax) + ``config.json`` + side files (tokenizer, ...).
+
+A model directory is what every ``--model`` flag takes. Writes are atomic: everything goes to a
+temporary sibling directory that is renamed into place only when complete, so a failed or
+interrupted write never leaves a half-written directory under the final name.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import shutil
+import uuid
+from collections.abc import Iterable, Iterator
+from pathlib import Path
+from typing import Any
+
+import jax
+import orbax.checkpoint as ocp
+
+PARAMS_SUBDIR = "params"
+CONFIG_FILE = "config.json"
+
+
+class NotAModelDirError(ValueError):
+    """Raised when a path is not an Orbax model directory written by this project."""
+
+
+@contextlib.contextmanager
+def atomic_directory(destination: str | Path, overwrite: bool = False) -> Iterator[Path]:
+    """Yields a temporary directory that becomes ``destination`` when the block succeeds."""
+    destination = Path(destination).absolute()
+    if destination.exists() and not overwrite:
+        raise FileExistsError(f"{destination} already exists; choose a new path or pass overwrite")
+    destination.parent.mkdir(parents=True, exist_ok=True)
+    tmp = destination.parent / f".{destination.name}.tmp-{uuid.uuid4().hex[:8]}"
+    tmp.mkdir()
+    try:
+        yield tmp
+    except BaseException:
+        shutil.rmtree(tmp, ignore_errors=True)
+        raise
+    if destination.exists():
+        shutil.rmtree(destination)
+    tmp.rename(destination)
+
+
+def save_params(directory: str | Path, params: Any) -> None:
+    """Saves a pytree of arrays (a nested dict) with Orbax under ``directory/params``."""
+    with ocp.StandardCheckpointer() as checkpointer:
+        checkpointer.save(Path(directory).absolute() / PARAMS_SUBDIR, params)
+        checkpointer.wait_until_finished()
+
+
+def save_model_dir(
+    destination: str | Path,
+    params: Any,
+    config: dict[str, Any],
+    files: Iterable[str | Path] = (),
+    overwrite: bool = False,
+) -> Path:
+    """Writes params, ``config.json`` and copies of ``files`` into a new model directory."""
+    with atomic_directory(destination, overwrite=overwrite) as tmp:
+        save_params(tmp, params)
+        (tmp / CONFIG_FILE).write_text(json.dumps(config, indent=2, sort_keys=True) + "\n")
+        for file in files:
+            shutil.copy2(file, tmp / Path(file).name)
+    return Path(destination)
+
+
+def read_config(directory: str | Path) -> dict[str, Any]:
+    """Reads ``config.json`` of a model directory, with a clear error if it is not one."""
+    directory = Path(directory)
+    config_path = directory / CONFIG_FILE
+    if not directory.is_dir():
+        raise NotAModelDirError(f"{directory} is not a directory")
+    if not config_path.is_file() or not (directory / PARAMS_SUBDIR).is_dir():
+        raise NotAModelDirError(
+            f"{directory} is not an Orbax model directory: expected {CONFIG_FILE} and {PARAMS_SUBDIR}/"
+        )
+    try:
+        return json.loads(config_path.read_text())
+    except json.JSONDecodeError as e:
+        raise NotAModelDirError(f"{config_path}: invalid JSON ({e})") from e
+
+
+def restore_params(directory: str | Path, target: Any) -> Any:
+    """Restores params into the structure, dtypes and shardings of ``target``.
+
+    ``target`` is a pytree of ``jax.ShapeDtypeStruct`` with ``sharding`` set (for example from
+    ``nnx.eval_shape`` plus ``sharding.state_shardings``): each host reads only the slices its
+    devices hold, and nothing is materialised unsharded.
+    """
+    with ocp.StandardCheckpointer() as checkpointer:
+        return checkpointer.restore(Path(directory).absolute() / PARAMS_SUBDIR, target)
+
+
+def abstract_like(tree: Any, shardings: Any) -> Any:
+    """ShapeDtypeStructs of ``tree`` carrying ``shardings`` (a matching pytree)."""
+    return jax.tree.map(
+        lambda x, s: jax.ShapeDtypeStruct(x.shape, x.dtype, sharding=s), tree, shardings
+    )

@@ -1,0 +1,1 @@
+"""One module per ``pairuni`` subcommand; see ``pairuni_jax.cli``."""
