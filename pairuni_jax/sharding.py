@@ -40,7 +40,7 @@ LOGICAL_AXIS_RULES: tuple[tuple[str, Any], ...] = (
     ("heads", "tensor"),
     ("kv_heads", "tensor"),
     ("vocab", "tensor"),
-    ("conv_out", "tensor"),
+    ("conv_out", None),  # VQ/CLIP convs are small and end in 3 channels: replicate
     ("length", None),
     ("head_dim", None),
     ("layers", None),
@@ -93,7 +93,7 @@ def make_mesh(config: MeshConfig, devices: Sequence[jax.Device] | None = None) -
 
 def axes(*names: str | None) -> dict[str, Any]:
     """Variable metadata that tags a parameter with logical axis names (one per dimension)."""
-    return {"sharding_names": tuple(names), "eager_sharding": False}
+    return {"out_sharding": tuple(names), "eager_sharding": False}
 
 
 def logical_to_spec(names: Sequence[str | None]) -> PartitionSpec:

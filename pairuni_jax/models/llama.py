@@ -1,0 +1,295 @@
+"""The LLaMA decoder of Janus-Pro (DeepSeek-LLM), with a KV cache for the rollout engine.
+
+Shape letters: B batch, S query positions, T key positions (cache slots), H model width,
+N query heads, K key/value heads, D head width, V vocabulary, L layers.
+
+Numerics follow spec/janus.md §8: RMSNorm normalises in fp32 and casts back before the weight,
+rotate-half RoPE with cos/sin computed in fp32, softmax in fp32, SwiGLU MLP without biases.
+Layer parameters are stacked on a leading ``layers`` axis and run with ``lax.scan`` (or unrolled
+with ``scan_layers=False``); the checkpoint layout is the same either way.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from typing import Any
+
+import flax.struct
+import jax
+import jax.numpy as jnp
+from flax import nnx
+
+from pairuni_jax.models import remat as remat_lib
+from pairuni_jax.sharding import axes, constrain
+
+Array = jax.Array
+
+
+@dataclasses.dataclass(frozen=True)
+class LlamaConfig:
+    """Architecture of the language model (HF ``LlamaConfig`` names in brackets)."""
+
+    vocab_size: int = 102400
+    hidden_size: int = 2048
+    intermediate_size: int = 5632
+    num_layers: int = 24  # [num_hidden_layers]
+    num_heads: int = 16  # [num_attention_heads]
+    num_kv_heads: int = 16  # [num_key_value_heads]
+    head_dim: int = 128
+    rms_norm_eps: float = 1e-6
+    rope_theta: float = 10000.0
+    max_position_embeddings: int = 16384
+
+    def __post_init__(self):
+        if self.num_heads % self.num_kv_heads:
+            raise ValueError(
+                f"num_heads ({self.num_heads}) must be a multiple of num_kv_heads ({self.num_kv_heads})"
+            )
+        if self.head_dim % 2:
+            raise ValueError(f"head_dim must be even for rotate-half RoPE, got {self.head_dim}")
+
+    @classmethod
+    def janus_pro_1b(cls) -> LlamaConfig:
+        return cls()
+
+    @classmethod
+    def janus_pro_7b(cls) -> LlamaConfig:
+        return cls(hidden_size=4096, intermediate_size=11008, num_layers=30, num_heads=32, num_kv_heads=32)
+
+    @classmethod
+    def tiny(cls) -> LlamaConfig:
+        return cls(
+            vocab_size=1024, hidden_size=64, intermediate_size=128, num_layers=2, num_heads=4,
+            num_kv_heads=2, head_dim=16, max_position_embeddings=512,
+        )
+
+
+@flax.struct.dataclass
+class KVCache:
+    """Preallocated keys and values of every layer.
+
+    k, v: [L, B, T, K, D] in the cache dtype (bf16 on accelerators).
+    valid: bool[B, T], True where a slot holds a real (non-padding) token.
+    index: int32 scalar, the next slot to write; all rows share it (prompts are left-padded).
+    """
+
+    k: Array
+    v: Array
+    valid: Array
+    index: Array
+
+    @classmethod
+    def create(cls, config: LlamaConfig, batch: int, length: int, dtype: Any) -> KVCache:
+        shape = (config.num_layers, batch, length, config.num_kv_heads, config.head_dim)
+        return cls(
+            k=jnp.zeros(shape, dtype),
+            v=jnp.zeros(shape, dtype),
+            valid=jnp.zeros((batch, length), bool),
+            index=jnp.zeros((), jnp.int32),
+        )
+
+    @property
+    def length(self) -> int:
+        return self.k.shape[2]
+
+
+class RMSNorm(nnx.Module):
+    """``weight * (x / rms(x))`` with the normalisation in fp32, cast back before the weight."""
+
+    def __init__(self, dim: int, eps: float, *, dtype: Any, param_dtype: Any):
+        self.eps = eps
+        self.dtype = dtype
+        self.scale = nnx.Param(jnp.ones((dim,), param_dtype), **axes("norm"))
+
+    def __call__(self, x: Array) -> Array:
+        x32 = x.astype(jnp.float32)
+        y = x32 * jax.lax.rsqrt(jnp.mean(x32 * x32, axis=-1, keepdims=True) + self.eps)
+        return self.scale[...].astype(self.dtype) * y.astype(self.dtype)
+
+
+def rope_tables(positions: Array, head_dim: int, theta: float, dtype: Any) -> tuple[Array, Array]:
+    """cos, sin: [B, S, D] for integer ``positions`` [B, S] (HF rotate-half layout)."""
+    inv_freq = 1.0 / theta ** (jnp.arange(0, head_dim, 2, dtype=jnp.float32) / head_dim)
+    freqs = positions.astype(jnp.float32)[..., None] * inv_freq
+    emb = jnp.concatenate([freqs, freqs], axis=-1)
+    return jnp.cos(emb).astype(dtype), jnp.sin(emb).astype(dtype)
+
+
+def apply_rope(x: Array, cos: Array, sin: Array) -> Array:
+    """x: [B, S, heads, D]; cos, sin: [B, S, D]."""
+    half = x.shape[-1] // 2
+    rotated = jnp.concatenate([-x[..., half:], x[..., :half]], axis=-1)
+    return x * cos[:, :, None, :] + rotated * sin[:, :, None, :]
+
+
+def dot_product_attention(q: Array, k: Array, v: Array, mask: Array) -> Array:
+    """Masked softmax attention with grouped key/value heads.
+
+    q: [B, S, N, D]; k, v: [B, T, K, D]; mask: bool[B, S, T]. Returns [B, S, N, D].
+    Logits and softmax in fp32; fully masked rows (padding queries) give a uniform average.
+    """
+    b, s, n, d = q.shape
+    kv_heads = k.shape[2]
+    q = q.reshape(b, s, kv_heads, n // kv_heads, d)
+    logits = jnp.einsum("bskgd,btkd->bkgst", q, k, preferred_element_type=jnp.float32)
+    logits = logits * (d**-0.5)
+    logits = jnp.where(mask[:, None, None], logits, jnp.finfo(jnp.float32).min)
+    probs = jax.nn.softmax(logits, axis=-1).astype(v.dtype)
+    out = jnp.einsum("bkgst,btkd->bskgd", probs, v)
+    return out.reshape(b, s, n, d)
+
+
+def _linear(din: int, dout: int, names: tuple[str, str], rngs: nnx.Rngs, **kw) -> nnx.Linear:
+    return nnx.Linear(
+        din, dout, use_bias=False, kernel_metadata=axes(*names),
+        kernel_init=nnx.initializers.normal(0.02), rngs=rngs, **kw,
+    )
+
+
+class Attention(nnx.Module):
+    """Causal self-attention with RoPE; reads and writes a per-layer slice of the KV cache."""
+
+    def __init__(self, config: LlamaConfig, *, dtype: Any, param_dtype: Any, rngs: nnx.Rngs):
+        self.config = config
+        kw = dict(dtype=dtype, param_dtype=param_dtype, rngs=rngs)
+        h, d = config.hidden_size, config.head_dim
+        self.q_proj = _linear(h, config.num_heads * d, ("embed", "heads"), **kw)
+        self.k_proj = _linear(h, config.num_kv_heads * d, ("embed", "kv_heads"), **kw)
+        self.v_proj = _linear(h, config.num_kv_heads * d, ("embed", "kv_heads"), **kw)
+        self.o_proj = _linear(config.num_heads * d, h, ("heads", "embed"), **kw)
+
+    def __call__(
+        self, x: Array, cos: Array, sin: Array, mask: Array, past: tuple[Array, Array] | None,
+        index: Array | None,
+    ) -> tuple[Array, tuple[Array, Array]]:
+        """x: [B, S, H]; mask: bool[B, S, T].
+
+        Without a cache (``past=None``) the keys are this call's S positions (T = S). With this
+        layer's cache slice ``past = (k, v)`` of [B, T, K, D], the new keys and values are placed at
+        slot ``index`` and attention runs over all T slots. Returns the output [B, S, H] and this
+        call's new keys and values [B, S, K, D] (the caller writes them into the cache).
+        """
+        c = self.config
+        b, s, _ = x.shape
+        q = self.q_proj(x).reshape(b, s, c.num_heads, c.head_dim)
+        k = self.k_proj(x).reshape(b, s, c.num_kv_heads, c.head_dim)
+        v = self.v_proj(x).reshape(b, s, c.num_kv_heads, c.head_dim)
+        q = constrain(apply_rope(q, cos, sin), "batch", "length", "heads", "head_dim")
+        k = constrain(apply_rope(k, cos, sin), "batch", "length", "kv_heads", "head_dim")
+        keys, values = k, v
+        if past is not None:
+            start = (0, index, 0, 0)
+            keys = jax.lax.dynamic_update_slice(past[0], k.astype(past[0].dtype), start)
+            values = jax.lax.dynamic_update_slice(past[1], v.astype(past[1].dtype), start)
+        out = dot_product_attention(q, keys.astype(q.dtype), values.astype(q.dtype), mask)
+        return self.o_proj(out.reshape(b, s, c.num_heads * c.head_dim)), (k, v)
+
+
+class MLP(nnx.Module):
+    """``down(silu(gate(x)) * up(x))``."""
+
+    def __init__(self, config: LlamaConfig, *, dtype: Any, param_dtype: Any, rngs: nnx.Rngs):
+        kw = dict(dtype=dtype, param_dtype=param_dtype, rngs=rngs)
+        h, i = config.hidden_size, config.intermediate_size
+        self.gate_proj = _linear(h, i, ("embed", "mlp"), **kw)
+        self.up_proj = _linear(h, i, ("embed", "mlp"), **kw)
+        self.down_proj = _linear(i, h, ("mlp", "embed"), **kw)
+
+    def __call__(self, x: Array) -> Array:
+        hidden = jax.nn.silu(self.gate_proj(x)) * self.up_proj(x)
+        return self.down_proj(constrain(hidden, "batch", "length", "mlp"))
+
+
+class DecoderLayer(nnx.Module):
+    """Pre-norm residual block: attention, then the MLP."""
+
+    def __init__(self, config: LlamaConfig, *, dtype: Any, param_dtype: Any, rngs: nnx.Rngs):
+        kw = dict(dtype=dtype, param_dtype=param_dtype)
+        self.input_layernorm = RMSNorm(config.hidden_size, config.rms_norm_eps, **kw)
+        self.self_attn = Attention(config, rngs=rngs, **kw)
+        self.post_attention_layernorm = RMSNorm(config.hidden_size, config.rms_norm_eps, **kw)
+        self.mlp = MLP(config, rngs=rngs, **kw)
+
+    def __call__(self, x, cos, sin, mask, past, index):
+        attn_out, new_kv = self.self_attn(self.input_layernorm(x), cos, sin, mask, past, index)
+        x = x + attn_out
+        x = x + self.mlp(self.post_attention_layernorm(x))
+        return constrain(x, "batch", "length", "embed"), new_kv
+
+
+class LlamaModel(nnx.Module):
+    """Token embedding, stacked decoder layers and the final norm (HF ``LlamaModel``)."""
+
+    def __init__(
+        self, config: LlamaConfig, *, dtype: Any = jnp.float32, param_dtype: Any = jnp.float32,
+        scan_layers: bool = True, remat: str = "none", rngs: nnx.Rngs,
+    ):
+        self.config = config
+        self.dtype = dtype
+        self.scan_layers = scan_layers
+        self.remat = remat_lib.RematPolicy(remat)
+        self.embed_tokens = nnx.Embed(
+            config.vocab_size, config.hidden_size, dtype=dtype, param_dtype=param_dtype,
+            embedding_init=nnx.initializers.normal(0.02),
+            embedding_metadata=axes("vocab", "embed"), rngs=rngs,
+        )
+
+        @nnx.split_rngs(splits=config.num_layers)
+        @nnx.vmap(in_axes=0, out_axes=0, transform_metadata={nnx.PARTITION_NAME: "layers"})
+        def make_layers(rngs: nnx.Rngs) -> DecoderLayer:
+            return DecoderLayer(config, dtype=dtype, param_dtype=param_dtype, rngs=rngs)
+
+        self.layers = make_layers(rngs)
+        self.norm = RMSNorm(config.hidden_size, config.rms_norm_eps, dtype=dtype, param_dtype=param_dtype)
+
+    def __call__(
+        self, embeds: Array, positions: Array, attention_mask: Array, cache: KVCache | None = None,
+    ) -> tuple[Array, KVCache | None]:
+        """Runs the decoder over ``embeds`` [B, S, H] and returns the final-norm hidden states.
+
+        positions: int32[B, S] RoPE positions (for left padding, the count of real tokens before).
+        attention_mask: bool[B, S], False on padding.
+        cache: if given, the S new keys/values go to slots ``cache.index .. + S`` and queries
+        attend over every valid slot up to their own; the updated cache is returned.
+        """
+        c = self.config
+        s = embeds.shape[1]
+        cos, sin = rope_tables(positions, c.head_dim, c.rope_theta, self.dtype)
+        if cache is None:
+            causal = jnp.tril(jnp.ones((s, s), bool))
+            mask = causal[None] & attention_mask[:, None, :]
+            index, valid = None, None
+        else:
+            index = cache.index
+            valid = jax.lax.dynamic_update_slice(cache.valid, attention_mask, (0, index))
+            slot = jnp.arange(cache.length)
+            query_slot = index + jnp.arange(s)
+            mask = valid[:, None, :] & (slot[None, None, :] <= query_slot[None, :, None])
+        x = constrain(embeds.astype(self.dtype), "batch", "length", "embed")
+
+        graphdef, layer_state = nnx.split(self.layers)
+
+        def body(carry, layer_params):
+            x, kv_all, i = carry
+            layer = nnx.merge(graphdef, layer_params)
+            past = None if kv_all is None else (kv_all[0][i], kv_all[1][i])
+            x, (k, v) = layer(x, cos, sin, mask, past, index)
+            if kv_all is not None:  # write only the S new slots of layer i, in place
+                start = (i, 0, index, 0, 0)
+                kv_all = tuple(
+                    jax.lax.dynamic_update_slice(all_, new[None].astype(all_.dtype), start)
+                    for all_, new in zip(kv_all, (k, v))
+                )
+            return (x, kv_all, i + 1), None
+
+        body = remat_lib.apply(body, self.remat)
+        kv_all = None if cache is None else (cache.k, cache.v)
+        (x, kv_all, _), _ = jax.lax.scan(
+            body, (x, kv_all, jnp.zeros((), jnp.int32)), layer_state,
+            unroll=1 if self.scan_layers else c.num_layers,
+        )
+        x = self.norm(x)
+        if cache is None:
+            return x, None
+        new_cache = KVCache(k=kv_all[0], v=kv_all[1], valid=valid, index=index + s)
+        return x, new_cache
