@@ -1,0 +1,343 @@
+"""The Grain input pipeline: pair JSONL -> fixed-shape numpy batches for the train step.
+
+Order of operations (one global order, then one slice per host)::
+
+    valid records --shuffle(seed; reshuffled each epoch)--> repeat(num_epochs)
+      --> [truncate to whole global batches when finite] --> [shard_index::shard_count]
+      --> map(PairEncoder: image + prompts + HPS tokens) --> batch(P) --> threads / worker processes
+
+Every record is validated once when the pipeline is built (``records.scan_jsonl``, plus the
+tokenized-length limits); ``on_error="skip"`` leaves bad records out of the order and counts them in
+``PairPipeline.report``. Every host scans the whole file, so all hosts agree on the record list.
+A failure that appears only later (an image changed after the scan) always raises.
+
+Batch (numpy; P = ``pairs_per_host``, Lu / Lg = ``max_und_len`` / ``max_gen_len``,
+S = ``image_size``):
+
+- ``und_input_ids int32[P, Lu]``: BOS + understanding prompt with the image placeholder expanded to
+  ``<begin_of_image> + N x <image_placeholder> + <end_of_image>``, left-padded with the pad id;
+  ``und_attention_mask bool[P, Lu]`` (True on real tokens);
+- ``und_pixel_values float32[P, S, S, 3]`` in [-1, 1] (``images.preprocess_image``);
+- ``und_answer int32[P]``: the answer letter's index (0 for "A"); ``und_num_options int32[P]``;
+- ``gen_input_ids int32[P, Lg]``: BOS + generation prompt ending in ``<begin_of_image>``,
+  left-padded; ``gen_attention_mask bool[P, Lg]``;
+- ``hps_input_ids int32[P, 77]``: the generation prompt in the HPS (CLIP) tokenizer;
+- ``similarity float32[P]``; ``pair_weight_aligned bool[P]`` (aligned pair: weight 1);
+- ``record_index int32[P]``: 0-based line number of the record in the JSONL (line - 1).
+
+The iterator is a ``grain.DatasetIterator``: ``get_state()`` returns a small JSON-able dict and
+``set_state(state)`` on a fresh iterator of the same pipeline resumes with exactly the next batch.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import os
+from collections.abc import Callable, Sequence
+from pathlib import Path
+from typing import Any
+
+import grain
+import numpy as np
+
+from pairuni_jax.data import images, prompts, records
+
+HPS_CONTEXT_LENGTH = 77
+ASSETS = Path(__file__).resolve().parents[1] / "assets"
+DEMO_PAIRS = ASSETS / "demo_pairs" / "pairs.jsonl"
+TINY_TOKENIZER = ASSETS / "tiny_tokenizer"
+
+HpsTokenize = Callable[[Sequence[str]], Any]  # texts -> int array [len(texts), 77]
+
+
+@dataclasses.dataclass(frozen=True)
+class DataConfig:
+    """Input pipeline settings.
+
+    Attributes:
+      path: the pair JSONL file.
+      pairs_per_host: P, pairs in one host's batch.
+      max_und_len: Lu, understanding prompt length in tokens (image tokens included).
+      max_gen_len: Lg, generation prompt length in tokens.
+      image_size: S, the understanding image side in pixels (384 for Janus-Pro).
+      num_image_tokens: N, tokens per image (576 for Janus-Pro).
+      image_root: directory relative image paths resolve against (default: the JSONL's).
+      on_error: "raise" stops at the first bad record; "skip" leaves it out and counts it.
+      seed: shuffle seed in [0, 2**32).
+      num_epochs: passes over the data; None repeats forever.
+      num_workers: worker processes for loading (0: in the main process).
+      read_threads: threads per process that prepare batches.
+      prefetch_batches: batches prepared ahead per process.
+      system_prompt: the understanding system prompt.
+    """
+
+    path: str
+    pairs_per_host: int
+    max_und_len: int
+    max_gen_len: int
+    image_size: int = 384
+    num_image_tokens: int = 576
+    image_root: str | None = None
+    on_error: records.OnError = "raise"
+    seed: int = 0
+    num_epochs: int | None = None
+    num_workers: int = 0
+    read_threads: int = 4
+    prefetch_batches: int = 4
+    system_prompt: str = prompts.SYSTEM_PROMPT
+
+    def __post_init__(self):
+        positive = (
+            "pairs_per_host",
+            "max_und_len",
+            "max_gen_len",
+            "image_size",
+            "num_image_tokens",
+            "read_threads",
+            "prefetch_batches",
+        )
+        for name in positive:
+            if getattr(self, name) < 1:
+                raise ValueError(f"data.{name} must be >= 1, got {getattr(self, name)}")
+        if self.num_workers < 0:
+            raise ValueError(f"data.num_workers must be >= 0, got {self.num_workers}")
+        if self.num_epochs is not None and self.num_epochs < 1:
+            raise ValueError(f"data.num_epochs must be >= 1 or None, got {self.num_epochs}")
+        if not 0 <= self.seed < 2**32:
+            raise ValueError(f"data.seed must be in [0, 2**32), got {self.seed}")
+        if self.on_error not in ("raise", "skip"):
+            raise ValueError(f"data.on_error must be 'raise' or 'skip', got {self.on_error!r}")
+        if self.max_und_len < self.num_image_tokens + 3:
+            raise ValueError(
+                f"data.max_und_len={self.max_und_len} cannot hold BOS and the "
+                f"{self.num_image_tokens} image tokens with their delimiters"
+            )
+
+    @classmethod
+    def demo(cls, **overrides: Any) -> DataConfig:
+        """The bundled synthetic pairs at the tiny model's sizes (64 px images, 16 tokens)."""
+        values = dict(
+            path=str(DEMO_PAIRS),
+            pairs_per_host=4,
+            max_und_len=128,
+            max_gen_len=32,
+            image_size=64,
+            num_image_tokens=16,
+        )
+        return cls(**(values | overrides))
+
+
+class PairSource:
+    """Grain ``RandomAccessDataSource`` over the indexed valid records of one JSONL file."""
+
+    def __init__(self, index: records.LineIndex, base: Path):
+        self.index = index
+        self.base = base
+        self._file = index.file.open("rb")
+
+    def __len__(self) -> int:
+        return len(self.index)
+
+    def __getitem__(self, i: int) -> records.PairRecord:
+        offset, length = int(self.index.offsets[i]), int(self.index.lengths[i])
+        raw = os.pread(self._file.fileno(), length, offset)  # thread-safe, no shared seek
+        record, issues = records.parse_record(
+            raw, file=self.index.file, line=int(self.index.lines[i]), base=self.base
+        )
+        if issues:
+            raise records.DataError(issues)
+        return record
+
+    def position_of_line(self, line: int) -> int:
+        """The source position of the record on 1-based ``line``; KeyError if not a valid one."""
+        at = int(np.searchsorted(self.index.lines, line))
+        if at == len(self.index) or self.index.lines[at] != line:
+            raise KeyError(f"{self.index.file}:{line} is not a valid record")
+        return at
+
+    def __getstate__(self) -> dict[str, Any]:
+        return {"index": self.index, "base": self.base}
+
+    def __setstate__(self, state: dict[str, Any]) -> None:
+        self.__init__(state["index"], state["base"])
+
+    def __repr__(self) -> str:  # grain prints sources in its debug output
+        return f"PairSource({self.index.file}, {len(self)} records)"
+
+
+class ClipTokenize:
+    """``texts -> int32[len(texts), 77]`` with a Hugging Face CLIP tokenizer, laid out like
+    open_clip: SOT + tokens + EOT, truncated to 77 keeping EOT last, zero-padded."""
+
+    def __init__(self, tokenizer: Any, context_length: int = HPS_CONTEXT_LENGTH):
+        self.tokenizer = tokenizer
+        self.context_length = context_length
+
+    def __call__(self, texts: Sequence[str]) -> np.ndarray:
+        encoded = self.tokenizer(list(texts), truncation=True, max_length=self.context_length)
+        out = np.zeros((len(texts), self.context_length), dtype=np.int32)
+        for row, ids in zip(out, encoded["input_ids"], strict=True):
+            row[: len(ids)] = ids
+        return out
+
+
+def resolve_hps_tokenizer(spec: Any) -> HpsTokenize:
+    """The HPS prompt tokenizer from a directory of HF tokenizer files, an HF tokenizer object,
+    or any callable ``texts -> int[len(texts), 77]`` (e.g. ``open_clip.get_tokenizer(...)``)."""
+    from transformers import PreTrainedTokenizerBase
+
+    if isinstance(spec, str | Path):
+        return ClipTokenize(prompts.load_tokenizer(spec))
+    if isinstance(spec, PreTrainedTokenizerBase):
+        return ClipTokenize(spec)
+    if callable(spec):
+        return spec
+    raise TypeError(f"expected a tokenizer directory, tokenizer or callable, got {type(spec)}")
+
+
+class PairEncoder(grain.transforms.Map):
+    """One validated record -> one batch row (the arrays of the module docstring, without P)."""
+
+    def __init__(self, config: DataConfig, tokenizer: Any, hps_tokenize: HpsTokenize):
+        self.config = config
+        self.prompts = prompts.PromptEncoder(
+            tokenizer, config.num_image_tokens, config.system_prompt
+        )
+        self.hps_tokenize = hps_tokenize
+
+    def check(self, record: records.PairRecord) -> list[records.Issue]:
+        """Prompt-length issues of ``record`` (``PROMPT_TOO_LONG``)."""
+        cfg = self.config
+        und = len(self.prompts.understanding_ids(record.understand.question))
+        gen = len(self.prompts.generation_ids(record.generate.prompt))
+        issues = []
+        if und > cfg.max_und_len:
+            message = (
+                f"the understanding prompt is {und} tokens (with {cfg.num_image_tokens + 2} "
+                f"image tokens), more than the maximum {cfg.max_und_len}"
+            )
+            issues.append(self._too_long(record, "understand_ann.question", message))
+        if gen > cfg.max_gen_len:
+            message = (
+                f"the generation prompt is {gen} tokens, more than the maximum {cfg.max_gen_len}"
+            )
+            issues.append(self._too_long(record, "generate_ann.prompt", message))
+        return issues
+
+    @staticmethod
+    def _too_long(record: records.PairRecord, field: str, message: str) -> records.Issue:
+        kind = records.ErrorKind.PROMPT_TOO_LONG
+        return records.Issue(kind, record.file, record.line, field, message)
+
+    def map(self, record: records.PairRecord) -> dict[str, np.ndarray]:
+        cfg, ids = self.config, self.prompts.ids
+        und_ids, und_mask = prompts.left_pad(
+            self.prompts.understanding_ids(record.understand.question), cfg.max_und_len, ids.pad
+        )
+        gen_ids, gen_mask = prompts.left_pad(
+            self.prompts.generation_ids(record.generate.prompt), cfg.max_gen_len, ids.pad
+        )
+        try:
+            pixels = images.load_and_preprocess(record.understand.image_path, cfg.image_size)
+        except Exception as e:  # re-raised with the record's location
+            field, kind = "understand_ann.image_path", records.ErrorKind.UNREADABLE_IMAGE
+            message = f"{type(e).__name__}: {e}"
+            issue = records.Issue(kind, record.file, record.line, field, message)
+            raise records.DataError([issue]) from e
+        hps = np.asarray(self.hps_tokenize([record.generate.prompt]))
+        if hps.shape != (1, HPS_CONTEXT_LENGTH):
+            raise ValueError(
+                f"the HPS tokenizer returned shape {hps.shape} for one text, "
+                f"expected (1, {HPS_CONTEXT_LENGTH})"
+            )
+        return {
+            "und_input_ids": und_ids,
+            "und_attention_mask": und_mask,
+            "und_pixel_values": pixels,
+            "und_answer": np.int32(record.understand.answer_index),
+            "und_num_options": np.int32(len(record.understand.options)),
+            "gen_input_ids": gen_ids,
+            "gen_attention_mask": gen_mask,
+            "hps_input_ids": hps[0].astype(np.int32),
+            "similarity": np.float32(record.similarity),
+            "pair_weight_aligned": np.bool_(record.aligned),
+            "record_index": np.int32(record.line - 1),
+        }
+
+
+class PairPipeline:
+    """Scans and validates the pair file once, then builds per-host Grain datasets.
+
+    Args:
+      config: the data settings.
+      tokenizer: the Janus tokenizer (object, or a directory of HF tokenizer files).
+      hps_tokenizer: see ``resolve_hps_tokenizer``.
+
+    Attributes:
+      report: the ``records.ValidationReport`` of the scan (skipped records counted by kind).
+      source: the ``PairSource`` of valid records.
+    """
+
+    def __init__(self, config: DataConfig, tokenizer: Any, hps_tokenizer: Any):
+        if isinstance(tokenizer, str | Path):
+            tokenizer = prompts.load_tokenizer(tokenizer)
+        self.config = config
+        self.encoder = PairEncoder(config, tokenizer, resolve_hps_tokenizer(hps_tokenizer))
+        index, self.report = records.scan_jsonl(
+            config.path,
+            image_root=config.image_root,
+            on_error=config.on_error,
+            extra_check=self.encoder.check,
+        )
+        if len(index) == 0:
+            raise ValueError(f"{config.path} has no valid pair records\n{self.report.summary()}")
+        self.source = PairSource(index, records.image_base(config.path, config.image_root))
+
+    def record(self, record_index: int) -> records.PairRecord:
+        """The record a batch's ``record_index`` entry refers to (for logs and sample files)."""
+        return self.source[self.source.position_of_line(record_index + 1)]
+
+    def dataset(self, shard: grain.sharding.ShardOptions | None = None) -> grain.IterDataset:
+        """This host's batches; ``shard`` defaults to ``ShardByJaxProcess`` (one per process)."""
+        cfg = self.config
+        shard = shard or grain.sharding.ShardByJaxProcess(drop_remainder=True)
+        if not 0 <= shard.shard_index < shard.shard_count:
+            raise ValueError(f"shard index {shard.shard_index} not in [0, {shard.shard_count})")
+        ds = grain.MapDataset.source(self.source).shuffle(seed=cfg.seed).repeat(cfg.num_epochs)
+        if cfg.num_epochs is not None:  # every host must yield the same number of batches
+            global_batch = cfg.pairs_per_host * shard.shard_count
+            usable = len(ds) // global_batch * global_batch
+            if usable == 0:
+                raise ValueError(
+                    f"{len(self.source)} valid records x {cfg.num_epochs} epochs "
+                    f"do not fill one global batch of {global_batch} pairs"
+                )
+            ds = ds[:usable]
+        ds = ds[shard.shard_index :: shard.shard_count]
+        ds = ds.map(self.encoder).batch(cfg.pairs_per_host, drop_remainder=True)
+        ds = ds.to_iter_dataset(
+            grain.ReadOptions(
+                num_threads=cfg.read_threads, prefetch_buffer_size=cfg.prefetch_batches
+            )
+        )
+        if cfg.num_workers > 0:
+            _mark_absl_flags_parsed()
+            ds = ds.mp_prefetch(
+                grain.MultiprocessingOptions(
+                    num_workers=cfg.num_workers, per_worker_buffer_size=cfg.prefetch_batches
+                )
+            )
+        return ds
+
+    def iterator(self, shard: grain.sharding.ShardOptions | None = None) -> grain.DatasetIterator:
+        """A checkpointable iterator over ``dataset(shard)`` (``get_state`` / ``set_state``)."""
+        return iter(self.dataset(shard))
+
+
+def _mark_absl_flags_parsed() -> None:
+    """Grain's worker pool reads an absl flag, which raises unless flags were parsed; pairuni
+    does not use absl.app, so mark them parsed (all defaults) unless a program already did."""
+    from absl import flags
+
+    if not flags.FLAGS.is_parsed():
+        flags.FLAGS.mark_as_parsed()

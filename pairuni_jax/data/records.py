@@ -1,0 +1,420 @@
+"""Pair records: the JSONL format of ``spec/pair_grpo.md`` §4.3, its line index and its validation.
+
+One line holds one pair::
+
+    {"similarity": 0.88,
+     "generate_ann":   {"image_path": ..., "prompt": ..., "question": ..., "answer": "A",
+                        "tag": ...},
+     "understand_ann": {"image_path": ..., "prompt": ..., "question": ..., "answer": "A",
+                        "tag": ...}}
+
+Both sides carry all five string fields; ``image_path``, ``prompt`` and ``question`` must be
+non-empty, ``prompt`` and ``question`` free of Janus special tokens, and ``similarity`` a number in
+[0, 1]. Training uses ``generate_ann.prompt`` (generation rollout prompt and HPS text) and
+``understand_ann.image_path`` + ``question`` + ``answer``; the other fields are validated too, so
+a data set is either well-formed or reported. Blank lines are not records.
+Image paths are resolved against ``image_root`` when given, else against the JSONL's directory;
+absolute paths are kept.
+
+**Answer letters.** An option is a line of the question that starts (after optional spaces) with a
+capital letter, a full stop and a space: ``A. Stripes``. The option letters, in order of
+appearance, must be ``A, B, C, ...`` without gaps or repeats; ``answer`` must be exactly one of
+them. The understanding answer is then the index ``ord(answer) - ord("A")`` (0 for "A") and the
+number of options is the number of option lines.
+
+**Aligned or retrieved.** A record is *aligned* (pair weight 1) when its optional top-level
+boolean field ``aligned`` says so; without that field it is aligned when both sides name the same
+image file (after resolution) or when ``similarity >= ALIGNED_SIMILARITY`` (0.999). Every other
+record is *retrieved* (pair weight sqrt(similarity)).
+"""
+
+from __future__ import annotations
+
+import collections
+import dataclasses
+import enum
+import json
+import math
+import os
+import re
+from collections.abc import Callable, Iterator
+from pathlib import Path
+from typing import Any, Literal
+
+import numpy as np
+from PIL import Image
+
+from pairuni_jax.data.prompts import SPECIAL_TOKENS
+
+ALIGNED_SIMILARITY = 0.999
+SIDES = ("generate_ann", "understand_ann")
+TEXT_FIELDS = ("image_path", "prompt", "question", "answer", "tag")
+OnError = Literal["raise", "skip"]
+
+_OPTION_LINE = re.compile(r"^[ \t]*([A-Z])\.[ \t]", re.MULTILINE)
+
+
+class ErrorKind(enum.StrEnum):
+    """What is wrong with a record; the keys of the error counts."""
+
+    INVALID_JSON = "invalid_json"
+    MISSING_FIELD = "missing_field"
+    WRONG_TYPE = "wrong_type"
+    EMPTY_TEXT = "empty_text"
+    SPECIAL_TOKEN_IN_TEXT = "special_token_in_text"
+    INVALID_OPTIONS = "invalid_options"
+    ANSWER_NOT_AN_OPTION = "answer_not_an_option"
+    SIMILARITY_OUT_OF_RANGE = "similarity_out_of_range"
+    MISSING_IMAGE = "missing_image"
+    UNREADABLE_IMAGE = "unreadable_image"
+    PROMPT_TOO_LONG = "prompt_too_long"
+
+
+@dataclasses.dataclass(frozen=True)
+class Issue:
+    """One problem in one record, located by file, 1-based line and dotted field name."""
+
+    kind: ErrorKind
+    file: Path
+    line: int
+    field: str
+    message: str
+
+    def __str__(self) -> str:
+        return f"{self.file}:{self.line}: {self.field}: {self.message} [{self.kind}]"
+
+
+class DataError(ValueError):
+    """A bad record met with ``on_error="raise"``; ``issues`` lists everything wrong with it."""
+
+    def __init__(self, issues: list[Issue]):
+        self.issues = issues
+        super().__init__("bad pair record:\n" + "\n".join(f"  {issue}" for issue in issues))
+
+
+@dataclasses.dataclass(frozen=True)
+class Annotation:
+    """One side of a pair. ``image_path`` is resolved; ``options`` are the question's letters."""
+
+    image_path: Path
+    prompt: str
+    question: str
+    answer: str
+    tag: str
+    options: tuple[str, ...]
+
+    @property
+    def answer_index(self) -> int:
+        """0 for "A", 1 for "B", ..."""
+        return self.options.index(self.answer)
+
+
+@dataclasses.dataclass(frozen=True)
+class PairRecord:
+    """A validated pair. ``line`` is the 1-based line of the record in ``file``."""
+
+    file: Path
+    line: int
+    similarity: float
+    aligned: bool
+    generate: Annotation
+    understand: Annotation
+
+
+def option_letters(question: str) -> tuple[str, ...]:
+    """The option letters listed in ``question``, in order (see the module docstring)."""
+    return tuple(_OPTION_LINE.findall(question))
+
+
+@dataclasses.dataclass(frozen=True)
+class LineIndex:
+    """Byte offsets, byte lengths and 1-based line numbers of the records of one JSONL file."""
+
+    file: Path
+    offsets: np.ndarray  # int64[N]
+    lengths: np.ndarray  # int64[N]
+    lines: np.ndarray  # int64[N]
+
+    def __len__(self) -> int:
+        return len(self.offsets)
+
+    def select(self, keep: np.ndarray) -> LineIndex:
+        """The index restricted to the entries where the boolean ``keep[N]`` is True."""
+        return LineIndex(self.file, self.offsets[keep], self.lengths[keep], self.lines[keep])
+
+
+def index_jsonl(path: str | Path) -> LineIndex:
+    """Reads ``path`` once and records where each non-blank line starts and ends."""
+    path = Path(path)
+    offsets, lengths, lines = [], [], []
+    offset = 0
+    with path.open("rb") as f:
+        for number, raw in enumerate(f, start=1):
+            if raw.strip():
+                offsets.append(offset)
+                lengths.append(len(raw))
+                lines.append(number)
+            offset += len(raw)
+    offsets, lengths, lines = (np.asarray(v, dtype=np.int64) for v in (offsets, lengths, lines))
+    return LineIndex(path, offsets, lengths, lines)
+
+
+def iter_lines(index: LineIndex) -> Iterator[tuple[int, bytes]]:
+    """Yields (line number, raw bytes) for every indexed record, reading the file sequentially."""
+    with index.file.open("rb") as f:
+        for offset, length, line in zip(index.offsets, index.lengths, index.lines, strict=True):
+            f.seek(int(offset))
+            yield int(line), f.read(int(length))
+
+
+def image_base(path: str | Path, image_root: str | Path | None) -> Path:
+    """The directory relative image paths of the JSONL ``path`` are resolved against."""
+    return Path(image_root) if image_root is not None else Path(path).absolute().parent
+
+
+def parse_record(
+    raw: bytes | str, *, file: Path, line: int, base: Path
+) -> tuple[PairRecord | None, list[Issue]]:
+    """Parses and checks one JSONL line (without opening images).
+
+    Returns the record and an empty list, or None and every problem found in the line.
+    """
+    issues: list[Issue] = []
+
+    def report(kind: ErrorKind, field: str, message: str) -> None:
+        issues.append(Issue(kind, file, line, field, message))
+
+    try:
+        obj = json.loads(raw)
+    except (json.JSONDecodeError, UnicodeDecodeError) as e:
+        report(ErrorKind.INVALID_JSON, "<line>", f"not valid JSON: {e}")
+        return None, issues
+    if not isinstance(obj, dict):
+        report(ErrorKind.WRONG_TYPE, "<line>", f"expected a JSON object, got {_json_type(obj)}")
+        return None, issues
+
+    similarity = _parse_similarity(obj, report)
+    aligned_field = obj.get("aligned")
+    if aligned_field is not None and not isinstance(aligned_field, bool):
+        report(
+            ErrorKind.WRONG_TYPE, "aligned", f"expected a boolean, got {_json_type(aligned_field)}"
+        )
+    sides = {side: _parse_side(obj, side, base, report) for side in SIDES}
+    if issues:
+        return None, issues
+    generate, understand = sides["generate_ann"], sides["understand_ann"]
+    if aligned_field is None:
+        aligned = generate.image_path == understand.image_path or similarity >= ALIGNED_SIMILARITY
+    else:
+        aligned = aligned_field
+    record = PairRecord(file, line, similarity, aligned, generate, understand)
+    return record, issues
+
+
+def check_images(record: PairRecord) -> list[Issue]:
+    """Opens both sides' images: missing files and files PIL cannot read become issues."""
+    issues = []
+
+    def report(kind: ErrorKind, field: str, message: str) -> None:
+        issues.append(Issue(kind, record.file, record.line, field, message))
+
+    checked: set[Path] = set()
+    for side, annotation in zip(SIDES, (record.generate, record.understand), strict=True):
+        path, field = annotation.image_path, f"{side}.image_path"
+        if path in checked:
+            continue
+        checked.add(path)
+        if not path.is_file():
+            report(ErrorKind.MISSING_IMAGE, field, f"no image file at {path}")
+            continue
+        try:
+            with Image.open(path) as image:
+                image.verify()
+        except Exception as e:  # PIL raises many types for corrupt files; all mean "unreadable"
+            report(
+                ErrorKind.UNREADABLE_IMAGE, field, f"cannot read {path}: {type(e).__name__}: {e}"
+            )
+    return issues
+
+
+@dataclasses.dataclass
+class ValidationReport:
+    """What a scan of one JSONL file found. Counts cover the valid records only, except
+    ``records`` (all non-blank lines), ``skipped`` (invalid records) and ``errors_by_kind``."""
+
+    file: Path
+    records: int = 0
+    valid: int = 0
+    aligned: int = 0
+    retrieved: int = 0
+    skipped: int = 0
+    understand_tags: collections.Counter = dataclasses.field(default_factory=collections.Counter)
+    generate_tags: collections.Counter = dataclasses.field(default_factory=collections.Counter)
+    errors_by_kind: collections.Counter = dataclasses.field(default_factory=collections.Counter)
+    issues: list[Issue] = dataclasses.field(default_factory=list)
+
+    @property
+    def ok(self) -> bool:
+        return not self.issues
+
+    def add_valid(self, record: PairRecord) -> None:
+        self.valid += 1
+        if record.aligned:
+            self.aligned += 1
+        else:
+            self.retrieved += 1
+        self.understand_tags[record.understand.tag] += 1
+        self.generate_tags[record.generate.tag] += 1
+
+    def add_invalid(self, issues: list[Issue]) -> None:
+        self.skipped += 1
+        self.issues.extend(issues)
+        self.errors_by_kind.update(issue.kind.value for issue in issues)
+
+    def summary(self, max_issues: int = 20) -> str:
+        """A human-readable multi-line summary, listing the first ``max_issues`` issues."""
+        out = [
+            f"file: {self.file}",
+            f"records: {self.records} (valid {self.valid}, invalid {self.skipped})",
+            f"aligned: {self.aligned}  retrieved: {self.retrieved}",
+            f"understand tags: {_format_counts(self.understand_tags)}",
+            f"generate tags: {_format_counts(self.generate_tags)}",
+            f"errors by kind: {_format_counts(self.errors_by_kind)}",
+        ]
+        if self.issues:
+            out.append(f"errors ({len(self.issues)}):")
+            out.extend(f"  {issue}" for issue in self.issues[:max_issues])
+            if len(self.issues) > max_issues:
+                out.append(f"  ... {len(self.issues) - max_issues} more")
+        return "\n".join(out)
+
+
+RecordCheck = Callable[[PairRecord], list[Issue]]
+
+
+def scan_jsonl(
+    path: str | Path,
+    *,
+    image_root: str | Path | None = None,
+    on_error: OnError = "raise",
+    extra_check: RecordCheck | None = None,
+) -> tuple[LineIndex, ValidationReport]:
+    """Indexes and validates every record of ``path``, including its images.
+
+    ``extra_check`` adds caller-specific checks (the pipeline's tokenized-length limits).
+    With ``on_error="raise"`` the first bad record raises ``DataError``; with ``"skip"`` bad records
+    are left out of the returned index and counted in the report.
+
+    Returns the index of the valid records and the report.
+    """
+    if on_error not in ("raise", "skip"):
+        raise ValueError(f"on_error must be 'raise' or 'skip', got {on_error!r}")
+    index = index_jsonl(path)
+    base = image_base(path, image_root)
+    report = ValidationReport(file=index.file, records=len(index))
+    keep = np.zeros(len(index), dtype=bool)
+    for i, (line, raw) in enumerate(iter_lines(index)):
+        record, issues = parse_record(raw, file=index.file, line=line, base=base)
+        if record is not None:
+            issues = check_images(record) + (extra_check(record) if extra_check else [])
+        if issues:
+            if on_error == "raise":
+                raise DataError(issues)
+            report.add_invalid(issues)
+        else:
+            keep[i] = True
+            report.add_valid(record)
+    return index.select(keep), report
+
+
+def _parse_similarity(obj: dict[str, Any], report: Callable[..., None]) -> float:
+    if "similarity" not in obj:
+        report(ErrorKind.MISSING_FIELD, "similarity", "required field is missing")
+        return math.nan
+    value = obj["similarity"]
+    if isinstance(value, bool) or not isinstance(value, int | float):
+        report(ErrorKind.WRONG_TYPE, "similarity", f"expected a number, got {_json_type(value)}")
+        return math.nan
+    if not 0.0 <= value <= 1.0:  # also rejects NaN
+        report(ErrorKind.SIMILARITY_OUT_OF_RANGE, "similarity", f"{value!r} is outside [0, 1]")
+    return float(value)
+
+
+def _parse_side(
+    obj: dict[str, Any], side: str, base: Path, report: Callable[..., None]
+) -> Annotation | None:
+    if side not in obj:
+        report(ErrorKind.MISSING_FIELD, side, "required field is missing")
+        return None
+    ann = obj[side]
+    if not isinstance(ann, dict):
+        report(ErrorKind.WRONG_TYPE, side, f"expected a JSON object, got {_json_type(ann)}")
+        return None
+    values: dict[str, str] = {}
+    for name in TEXT_FIELDS:
+        field = f"{side}.{name}"
+        if name not in ann:
+            report(ErrorKind.MISSING_FIELD, field, "required field is missing")
+        elif not isinstance(ann[name], str):
+            report(ErrorKind.WRONG_TYPE, field, f"expected a string, got {_json_type(ann[name])}")
+        else:
+            values[name] = ann[name]
+    _check_texts(side, values, report)
+    options = option_letters(values.get("question", ""))
+    if values.get("question", "").strip():
+        _check_options(side, options, values.get("answer"), report)
+    if len(values) < len(TEXT_FIELDS) or not values["image_path"].strip():
+        return None
+    return Annotation(
+        image_path=Path(os.path.normpath(base / values["image_path"])),
+        prompt=values["prompt"],
+        question=values["question"],
+        answer=values["answer"],
+        tag=values["tag"],
+        options=options,
+    )
+
+
+def _check_texts(side: str, values: dict[str, str], report: Callable[..., None]) -> None:
+    for name in ("image_path", "prompt", "question"):
+        if name in values and not values[name].strip():
+            report(ErrorKind.EMPTY_TEXT, f"{side}.{name}", "must not be empty")
+    for name in ("prompt", "question"):
+        found = [token for token in SPECIAL_TOKENS if token in values.get(name, "")]
+        if found:
+            message = f"contains the Janus special token(s) {found}"
+            report(ErrorKind.SPECIAL_TOKEN_IN_TEXT, f"{side}.{name}", message)
+
+
+def _check_options(
+    side: str, options: tuple[str, ...], answer: str | None, report: Callable[..., None]
+) -> None:
+    expected = tuple(chr(ord("A") + i) for i in range(len(options)))
+    if len(options) < 2 or options != expected:
+        message = (
+            "expected option lines 'A. ...', 'B. ...', ... (at least two, consecutive letters "
+            f"from A), found letters {list(options)}"
+        )
+        report(ErrorKind.INVALID_OPTIONS, f"{side}.question", message)
+    elif answer is not None and answer not in options:
+        message = f"{answer!r} is not one of the listed options {list(options)}"
+        report(ErrorKind.ANSWER_NOT_AN_OPTION, f"{side}.answer", message)
+
+
+def _json_type(value: Any) -> str:
+    names = {
+        dict: "object",
+        list: "array",
+        str: "string",
+        bool: "boolean",
+        type(None): "null",
+        int: "number",
+        float: "number",
+    }
+    return names.get(type(value), type(value).__name__)
+
+
+def _format_counts(counts: collections.Counter) -> str:
+    if not counts:
+        return "none"
+    return ", ".join(f"{key}={n}" for key, n in sorted(counts.items()))
