@@ -62,7 +62,7 @@ class JanusConfig:
     def tiny(cls) -> JanusConfig:
         return cls(
             text=LlamaConfig.tiny(), vision=SiglipConfig.tiny(), vq=VQConfig.tiny(),
-            image_token_id=5,
+            image_token_id=3,  # `<image_placeholder>` in the bundled tiny tokenizer
         )
 
     @classmethod
