@@ -1,0 +1,303 @@
+"""HPSv2 / open_clip ViT checkpoint -> Orbax reward directory (spec/hpsv2.md §1.2, §2.3, §2.4).
+
+The source is a torch pickle: ``HPS_v2.1_compressed.pt`` / ``HPS_v2_compressed.pt`` (fp16 tensors
+under ``state_dict``) or any open_clip ViT state dict. Every key is mapped through the table below,
+shape-checked against the Flax model built from the given ``CLIPConfig``, cast to fp32 and written
+with ``checkpoint.model_dir``. The directory also gets the CLIP tokenizer in Hugging Face format
+(``tokenizer.json``), built from the BPE vocabulary inside open-clip-torch, so that run time needs
+neither torch nor open_clip: ``transformers.CLIPTokenizerFast.from_pretrained(reward_dir)``.
+
+torch -> Flax (``*`` = ``visual.`` for the image tower, nothing for the text tower; block
+params are stacked on a leading layer axis, ``[i]``):
+
+- ``visual.conv1.weight`` [O, I, h, w] -> ``visual/conv1/kernel`` [h, w, I, O]
+- ``*transformer.resblocks.i.attn.in_proj_weight`` [3W, W] -> ``.../blocks/attn/qkv/kernel[i]``
+  = ``.T`` reshaped to [W, 3, H, K]; ``in_proj_bias`` -> ``qkv/bias[i]`` [3, H, K]
+- ``*...attn.out_proj.weight`` [W, W] -> ``attn/out/kernel[i]`` = ``.T`` reshaped to [H, K, W]
+- ``*...mlp.c_fc|c_proj.weight`` -> ``c_fc|c_proj/kernel[i]`` = ``.T``; biases as is
+- LayerNorm ``weight`` / ``bias`` -> ``scale`` / ``bias``; embeddings, ``proj`` and
+  ``text_projection`` as is (they are used as ``x @ w`` already)
+- ``logit_scale`` is dropped: the HPS score uses no temperature.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import gzip
+import importlib.util
+import re
+import tempfile
+import zipfile
+from collections.abc import Callable, Mapping
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+from flax import nnx
+
+from pairuni_jax.checkpoint import model_dir
+from pairuni_jax.models.clip import CLIP, CLIPConfig
+
+REWARD_KIND = "hpsv2"
+BPE_FILE = "bpe_simple_vocab_16e6.txt.gz"
+SOT, EOT = "<|startoftext|>", "<|endoftext|>"
+# The first 49152 - 256 - 2 merges of the BPE file are the CLIP vocabulary (open_clip, OpenAI).
+NUM_MERGES = 49152 - 256 - 2
+
+
+@dataclasses.dataclass(frozen=True)
+class Transform:
+    """A torch tensor -> Flax leaf rule: the torch shape it expects and the array mapping."""
+
+    source_shape: Callable[[tuple[int, ...]], tuple[int, ...]]
+    apply: Callable[[np.ndarray, tuple[int, ...]], np.ndarray]
+
+
+SAME = Transform(lambda t: t, lambda a, t: a)
+TRANSPOSE = Transform(lambda t: t[::-1], lambda a, t: a.T)
+CONV = Transform(lambda t: (t[3], t[2], t[0], t[1]), lambda a, t: a.transpose(2, 3, 1, 0))
+QKV_KERNEL = Transform(lambda t: (t[1] * t[2] * t[3], t[0]), lambda a, t: a.T.reshape(t))
+QKV_BIAS = Transform(lambda t: (t[0] * t[1] * t[2],), lambda a, t: a.reshape(t))
+OUT_KERNEL = Transform(lambda t: (t[2], t[0] * t[1]), lambda a, t: a.T.reshape(t))
+
+TOP_LEVEL: dict[str, tuple[tuple[str, ...], Transform]] = {
+    "visual.conv1.weight": (("visual", "conv1", "kernel"), CONV),
+    "visual.class_embedding": (("visual", "class_embedding"), SAME),
+    "visual.positional_embedding": (("visual", "positional_embedding"), SAME),
+    "visual.ln_pre.weight": (("visual", "ln_pre", "scale"), SAME),
+    "visual.ln_pre.bias": (("visual", "ln_pre", "bias"), SAME),
+    "visual.ln_post.weight": (("visual", "ln_post", "scale"), SAME),
+    "visual.ln_post.bias": (("visual", "ln_post", "bias"), SAME),
+    "visual.proj": (("visual", "proj"), SAME),
+    "token_embedding.weight": (("text", "token_embedding", "embedding"), SAME),
+    "positional_embedding": (("text", "positional_embedding"), SAME),
+    "ln_final.weight": (("text", "ln_final", "scale"), SAME),
+    "ln_final.bias": (("text", "ln_final", "bias"), SAME),
+    "text_projection": (("text", "text_projection"), SAME),
+}
+BLOCK: dict[str, tuple[tuple[str, ...], Transform]] = {
+    "ln_1.weight": (("ln_1", "scale"), SAME),
+    "ln_1.bias": (("ln_1", "bias"), SAME),
+    "attn.in_proj_weight": (("attn", "qkv", "kernel"), QKV_KERNEL),
+    "attn.in_proj_bias": (("attn", "qkv", "bias"), QKV_BIAS),
+    "attn.out_proj.weight": (("attn", "out", "kernel"), OUT_KERNEL),
+    "attn.out_proj.bias": (("attn", "out", "bias"), SAME),
+    "ln_2.weight": (("ln_2", "scale"), SAME),
+    "ln_2.bias": (("ln_2", "bias"), SAME),
+    "mlp.c_fc.weight": (("c_fc", "kernel"), TRANSPOSE),
+    "mlp.c_fc.bias": (("c_fc", "bias"), SAME),
+    "mlp.c_proj.weight": (("c_proj", "kernel"), TRANSPOSE),
+    "mlp.c_proj.bias": (("c_proj", "bias"), SAME),
+}
+TOWER_PREFIX = {"visual": "visual.", "text": ""}
+IGNORED = frozenset({"logit_scale"})
+BLOCK_KEY = re.compile(r"(visual\.)?transformer\.resblocks\.(\d+)\.(.+)")
+
+
+class CheckpointMismatchError(ValueError):
+    """The state dict does not fit the configured CLIP: names every bad key and shape."""
+
+
+def convert_hpsv2(
+    src: str | Path,
+    dst: str | Path,
+    config: CLIPConfig | None = None,
+    bpe_path: str | Path | None = None,
+    overwrite: bool = False,
+) -> Path:
+    """Converts ``src`` (.pt) into the Orbax reward directory ``dst``; returns ``dst``.
+
+    config: the architecture (default ViT-H-14); every tensor is checked against it.
+    bpe_path: ``bpe_simple_vocab_16e6.txt.gz`` (default: the copy shipped in open-clip-torch).
+    """
+    config = config or CLIPConfig.vit_h_14()
+    params = convert_state_dict(load_torch_state_dict(src), config)
+    meta = {"kind": REWARD_KIND, "clip": config.to_dict(), "source": Path(src).name}
+    with tempfile.TemporaryDirectory() as tokenizer_dir:
+        files = save_clip_tokenizer(tokenizer_dir, config.text.context_length, bpe_path)
+        return model_dir.save_model_dir(dst, params, meta, files, overwrite=overwrite)
+
+
+def load_torch_state_dict(path: str | Path) -> Mapping[str, Any]:
+    """The tensors of a torch checkpoint: ``ckpt['state_dict']`` if present, else ``ckpt``.
+
+    Loaded with ``weights_only=True``, memory-mapped when the file is in the zip format, so a
+    tensor is read only when it is converted. A ``module.`` prefix (DDP) is stripped.
+    """
+    import torch
+
+    path = Path(path)
+    if not path.is_file():
+        raise FileNotFoundError(f"{path}: no such checkpoint file")
+    ckpt = torch.load(path, map_location="cpu", weights_only=True, mmap=zipfile.is_zipfile(path))
+    state = ckpt.get("state_dict", ckpt) if isinstance(ckpt, Mapping) else None
+    if not isinstance(state, Mapping) or not all(torch.is_tensor(v) for v in state.values()):
+        raise CheckpointMismatchError(
+            f"{path}: expected a state dict of tensors, or a dict with one under 'state_dict'"
+        )
+    if state and all(k.startswith("module.") for k in state):
+        state = {k.removeprefix("module."): v for k, v in state.items()}
+    return state
+
+
+def convert_state_dict(state: Mapping[str, Any], config: CLIPConfig) -> dict[str, Any]:
+    """Maps an open_clip state dict (torch tensors or arrays) to the CLIP params pure dict (fp32).
+
+    Raises ``CheckpointMismatchError`` naming missing, unexpected and mis-shaped keys before any
+    tensor is read.
+    """
+    targets = _target_shapes(config)
+    _check(state, config, targets)
+    params: dict[str, Any] = {}
+    for key, tensor in state.items():
+        if key in IGNORED:
+            continue
+        path, layer, transform = _route(key)
+        shape = _leaf(targets, path)
+        array = transform.apply(_to_numpy(tensor), shape[1:] if layer is not None else shape)
+        if layer is None:
+            _set_leaf(params, path, np.ascontiguousarray(array))
+        else:
+            _stacked_leaf(params, path, shape)[layer] = array
+    return params
+
+
+def _target_shapes(config: CLIPConfig) -> dict[str, Any]:
+    abstract = nnx.eval_shape(lambda: CLIP(config, rngs=nnx.Rngs(0)))
+    pure = nnx.to_pure_dict(nnx.state(abstract, nnx.Param))
+    return _map_leaves(pure, lambda x: tuple(x.shape))
+
+
+def expected_keys(config: CLIPConfig) -> set[str]:
+    """Every torch key the config implies (the 686 of ViT-H-14 minus the ignored ones)."""
+    keys = set(TOP_LEVEL)
+    for tower, layers in (("visual", config.vision.layers), ("text", config.text.layers)):
+        prefix = TOWER_PREFIX[tower]
+        keys |= {f"{prefix}transformer.resblocks.{i}.{k}" for i in range(layers) for k in BLOCK}
+    return keys
+
+
+def _route(key: str) -> tuple[tuple[str, ...], int | None, Transform]:
+    """Flax path, stacked-layer index (None for unstacked leaves) and transform of a torch key."""
+    if key in TOP_LEVEL:
+        path, transform = TOP_LEVEL[key]
+        return path, None, transform
+    match = BLOCK_KEY.fullmatch(key)
+    if match is None or match.group(3) not in BLOCK:
+        raise KeyError(key)
+    tower = "visual" if match.group(1) else "text"
+    sub, transform = BLOCK[match.group(3)]
+    return (tower, "transformer", "blocks", *sub), int(match.group(2)), transform
+
+
+def _check(state: Mapping[str, Any], config: CLIPConfig, targets: dict[str, Any]) -> None:
+    expected = expected_keys(config)
+    present = set(state) - IGNORED
+    problems = []
+    if missing := sorted(expected - present):
+        problems.append(f"missing keys ({len(missing)}): {_listing(missing)}")
+    if unexpected := sorted(present - expected):
+        problems.append(f"unexpected keys ({len(unexpected)}): {_listing(unexpected)}")
+    for key in sorted(present & expected):
+        path, layer, transform = _route(key)
+        shape = _leaf(targets, path)
+        want = transform.source_shape(shape[1:] if layer is not None else shape)
+        got = tuple(state[key].shape)
+        if got != want:
+            problems.append(f"{key}: shape {list(got)}, expected {list(want)}")
+    if problems:
+        raise CheckpointMismatchError(
+            f"state dict does not match CLIP config {config}:\n  " + "\n  ".join(problems)
+        )
+
+
+def _listing(keys: list[str], limit: int = 12) -> str:
+    shown = ", ".join(keys[:limit])
+    return shown + (f", ... ({len(keys) - limit} more)" if len(keys) > limit else "")
+
+
+def _to_numpy(tensor: Any) -> np.ndarray:
+    if hasattr(tensor, "detach"):
+        if not tensor.is_floating_point():
+            raise CheckpointMismatchError(f"expected a floating-point tensor, got {tensor.dtype}")
+        return tensor.detach().float().numpy()
+    return np.asarray(tensor, dtype=np.float32)
+
+
+def _leaf(tree: Mapping[str, Any], path: tuple[str, ...]) -> Any:
+    for name in path:
+        tree = tree[name]
+    return tree
+
+
+def _set_leaf(tree: dict[str, Any], path: tuple[str, ...], value: Any) -> None:
+    for name in path[:-1]:
+        tree = tree.setdefault(name, {})
+    tree[path[-1]] = value
+
+
+def _stacked_leaf(tree: dict[str, Any], path: tuple[str, ...], shape: tuple[int, ...]) -> Any:
+    parent = tree
+    for name in path[:-1]:
+        parent = parent.setdefault(name, {})
+    if path[-1] not in parent:
+        parent[path[-1]] = np.empty(shape, np.float32)
+    return parent[path[-1]]
+
+
+def _map_leaves(tree: Any, fn: Callable[[Any], Any]) -> Any:
+    if isinstance(tree, Mapping):
+        return {k: _map_leaves(v, fn) for k, v in tree.items()}
+    return fn(tree)
+
+
+# --- CLIP tokenizer files ------------------------------------------------------------------------
+
+
+def default_bpe_path() -> Path:
+    """The BPE vocabulary shipped inside the open-clip-torch wheel (found without importing it)."""
+    spec = importlib.util.find_spec("open_clip")
+    if spec is None or not spec.submodule_search_locations:
+        raise FileNotFoundError(
+            f"{BPE_FILE}: open-clip-torch is not installed; install it or pass the file's path"
+        )
+    return Path(spec.submodule_search_locations[0]) / BPE_FILE
+
+
+def bytes_to_unicode() -> dict[int, str]:
+    """The byte-level BPE alphabet in vocabulary order: printable bytes as themselves, then the
+    other bytes, in increasing order, as U+0100, U+0101, ..."""
+    printable = [
+        *range(ord("!"), ord("~") + 1),
+        *range(ord("¡"), ord("¬") + 1),
+        *range(ord("®"), ord("ÿ") + 1),
+    ]
+    table = {b: chr(b) for b in printable}
+    for n, b in enumerate(b for b in range(256) if b not in table):
+        table[b] = chr(256 + n)
+    return table
+
+
+def clip_bpe_vocab(
+    bpe_path: str | Path | None = None,
+) -> tuple[dict[str, int], list[tuple[str, str]]]:
+    """The 49408-token CLIP vocabulary and its merges, in open_clip's id order."""
+    path = Path(bpe_path) if bpe_path is not None else default_bpe_path()
+    lines = gzip.open(path, "rt", encoding="utf-8").read().split("\n")
+    merges = [tuple(line.split()) for line in lines[1 : NUM_MERGES + 1]]
+    if len(merges) != NUM_MERGES or any(len(m) != 2 for m in merges):
+        raise ValueError(f"{path}: expected {NUM_MERGES} merges of two symbols after the header")
+    alphabet = list(bytes_to_unicode().values())
+    tokens = [*alphabet, *(a + "</w>" for a in alphabet), *("".join(m) for m in merges), SOT, EOT]
+    return {token: i for i, token in enumerate(tokens)}, merges
+
+
+def save_clip_tokenizer(
+    directory: str | Path, context_length: int = 77, bpe_path: str | Path | None = None
+) -> list[Path]:
+    """Writes the CLIP tokenizer in Hugging Face format into ``directory``; returns its files."""
+    from transformers import CLIPTokenizerFast
+
+    vocab, merges = clip_bpe_vocab(bpe_path)
+    tokenizer = CLIPTokenizerFast(vocab=vocab, merges=merges, model_max_length=context_length)
+    return [Path(f) for f in tokenizer.save_pretrained(str(directory)) if Path(f).is_file()]
