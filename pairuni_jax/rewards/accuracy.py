@@ -3,9 +3,11 @@
 At start-up ``OptionLetterTable.from_tokenizer`` decodes every token of the policy tokenizer once
 and gives it a class: an option letter (``A``, `` A``, ``A.``, ``(A)``, ``**A**`` ... -> 0 for A,
 1 for B, ...), ``NEUTRAL`` (whitespace, punctuation, symbols, special tokens: skipped) or ``OTHER``
-(any other text, e.g. ``Apple``, `` a``, ``1``). In the graph, the answer is the first
-non-neutral token of the completion, or of the text after the ``<answer>`` tag when a tag pair
-is configured; no host decode. Tags are matched as token-id sequences: each tag is tokenised in
+(any other text, e.g. ``Apple``, `` a``, ``1``), and whether it glues onto a preceding word (its
+text starts with a letter or digit, no space: ``ecause``), so that a letter token followed by one
+(``B`` + ``ecause``) is a word, not an answer. In the graph, the answer is the first non-neutral
+token of the completion, or of the text after the ``<answer>`` tag when a tag pair is
+configured; no host decode. Tags are matched as token-id sequences: each tag is tokenised in
 several contexts (before: nothing, space, newline, ``>``, ``.``; after: nothing, space, newline,
 a letter), so merges with the neighbouring text are covered.
 
@@ -25,6 +27,7 @@ import numpy as np
 
 NEUTRAL = -2
 OTHER = -1
+CLASS, JOINS = 0, 1  # columns of the table
 DEFAULT_LETTERS = "ABCDEFGH"
 TAG_BEFORE = ("", " ", "\n", ">", ".")
 TAG_AFTER = ("", " ", "\n", "A")
@@ -33,17 +36,17 @@ TAG_AFTER = ("", " ", "\n", "A")
 class LetterTableArrays(NamedTuple):
     """Device arrays of an ``OptionLetterTable`` (a pytree; tags are None without a tag pair)."""
 
-    classes: jax.Array  # int32[V]
+    table: jax.Array  # int32[V, 2]: CLASS, JOINS
     open_tag: jax.Array | None  # int32[N, K], -1 padded
     close_tag: jax.Array | None  # int32[N, K], -1 padded
 
 
 @dataclasses.dataclass(frozen=True, eq=False)
 class OptionLetterTable:
-    """Token id -> option-letter class, and the answer-tag token patterns (host, NumPy)."""
+    """Token id -> (option-letter class, joins-a-word flag), and answer-tag patterns (NumPy)."""
 
     letters: str
-    classes: np.ndarray  # int32[V]
+    table: np.ndarray  # int32[V, 2]
     open_tag: np.ndarray | None = None  # int32[N, K]
     close_tag: np.ndarray | None = None
 
@@ -67,28 +70,32 @@ class OptionLetterTable:
                 f"OptionLetterTable: letters must be distinct characters, got {letters!r}"
             )
         size = max(len(tokenizer), vocab_size or 0)
-        texts = tokenizer.batch_decode(
-            [[i] for i in range(len(tokenizer))],
-            skip_special_tokens=False,
-            clean_up_tokenization_spaces=False,
+        decode = lambda seqs: tokenizer.batch_decode(  # noqa: E731
+            seqs, skip_special_tokens=False, clean_up_tokenization_spaces=False
         )
-        classes = np.full(size, OTHER, np.int32)
-        classes[: len(texts)] = [classify_token(t, letters) for t in texts]
-        classes[[i for i in tokenizer.all_special_ids if i < size]] = NEUTRAL
+        ids = range(len(tokenizer))
+        texts = decode([[i] for i in ids])
+        # A token joins a word when, decoded right after "A", its text starts with a letter or
+        # digit (decoding in context keeps SentencePiece's word-start spaces).
+        probe = tokenizer("A", add_special_tokens=False)["input_ids"]
+        prefix = len(decode([probe])[0])
+        after = decode([[*probe, i] for i in ids])
+        table = np.full((size, 2), OTHER, np.int32)
+        table[: len(texts), CLASS] = [classify_token(t, letters) for t in texts]
+        table[: len(texts), JOINS] = [t[prefix : prefix + 1].isalnum() for t in after]
+        table[[i for i in tokenizer.all_special_ids if i < size], CLASS] = NEUTRAL
         if answer_tag is None:
-            return cls(letters, classes)
+            return cls(letters, table)
         if not tokenizer.is_fast:
             raise ValueError("OptionLetterTable: answer tags need a fast tokenizer (offsets)")
         open_tag, close_tag = answer_tag
         return cls(
-            letters, classes, tag_patterns(tokenizer, open_tag), tag_patterns(tokenizer, close_tag)
+            letters, table, tag_patterns(tokenizer, open_tag), tag_patterns(tokenizer, close_tag)
         )
 
     def arrays(self) -> LetterTableArrays:
         as_jax = lambda a: None if a is None else jnp.asarray(a, jnp.int32)  # noqa: E731
-        return LetterTableArrays(
-            as_jax(self.classes), as_jax(self.open_tag), as_jax(self.close_tag)
-        )
+        return LetterTableArrays(as_jax(self.table), as_jax(self.open_tag), as_jax(self.close_tag))
 
     def letter_index(self, letter: str) -> int:
         """Answer index of a record's answer letter (``"B"`` -> 1)."""
@@ -140,7 +147,7 @@ def accuracy_reward(
 ) -> jax.Array:
     """1 where the completion's answer letter is the record's, else 0.
 
-    table_array: int32[V] token classes (``OptionLetterTable.arrays().classes``).
+    table_array: int32[V, 2] (``OptionLetterTable.arrays().table``).
     completion_ids: int32[B, T]; completion_mask: bool[B, T] (True on generated tokens).
     answer_index: int32[B], 0 for "A". open_tag: int32[N, K] patterns, or None (no tag).
     Returns float32[B].
@@ -180,8 +187,14 @@ def format_reward(
 
 
 def _classes(table: jax.Array, ids: jax.Array, mask: jax.Array) -> tuple[jax.Array, jax.Array]:
-    """int32[B, T] classes (NEUTRAL outside the mask) and int32[1, T] positions."""
-    classes = jnp.where(mask, jnp.take(table, ids, mode="fill", fill_value=OTHER), NEUTRAL)
+    """int32[B, T] classes and int32[1, T] positions.
+
+    Outside the mask: NEUTRAL. A letter glued to the next token (``B`` + ``ecause``): OTHER.
+    """
+    rows = jnp.take(table, ids, axis=0, mode="fill", fill_value=OTHER)  # [B, T, 2]
+    joins_next = jnp.pad((rows[:, 1:, JOINS] == 1) & mask[:, 1:], ((0, 0), (0, 1)))
+    classes = jnp.where((rows[..., CLASS] >= 0) & joins_next, OTHER, rows[..., CLASS])
+    classes = jnp.where(mask, classes, NEUTRAL)
     return classes, jnp.arange(ids.shape[1], dtype=jnp.int32)[None]
 
 

@@ -45,7 +45,7 @@ class GenerationInputs(NamedTuple):
 
 def _accuracy(x: UnderstandingInputs) -> jax.Array:
     return accuracy_reward(
-        x.letters.classes,
+        x.letters.table,
         x.completion_ids,
         x.completion_mask,
         x.answer_index,
@@ -55,7 +55,7 @@ def _accuracy(x: UnderstandingInputs) -> jax.Array:
 
 def _format(x: UnderstandingInputs) -> jax.Array:
     return format_reward(
-        x.letters.classes,
+        x.letters.table,
         x.completion_ids,
         x.completion_mask,
         open_tag=x.letters.open_tag,
