@@ -1,0 +1,17 @@
+"""The rollout engine: jitted KV-cache sampling of answers (``text``) and CFG images (``image``)."""
+
+from pairuni_jax.rollout.image import (
+    ImageRollout,
+    ImageSettings,
+    decode_images,
+    sample_images,
+    sample_images_jit,
+)
+from pairuni_jax.rollout.sampling import SamplingRule, token_log_probs
+from pairuni_jax.rollout.text import TextRollout, TextSettings, sample_text, sample_text_jit
+
+__all__ = [
+    "ImageRollout", "ImageSettings", "SamplingRule", "TextRollout", "TextSettings",
+    "decode_images", "sample_images", "sample_images_jit", "sample_text", "sample_text_jit",
+    "token_log_probs",
+]

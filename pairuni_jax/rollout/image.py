@@ -1,0 +1,149 @@
+"""Image rollouts (generation): classifier-free-guided sampling of VQ tokens (spec/janus.md §5.2).
+
+Shape letters: B images (one per prompt row), S prompt length (left-padded), P image tokens per
+image (``config.num_generated_image_tokens``: 576 for Janus-Pro), H LLM width, C codebook size.
+
+As in the original ``generation_inference.py``: every prompt row gets an unconditional twin
+``[BOS, PAD, ..., PAD, <begin_of_image>]`` (the prompt with its inner tokens replaced by PAD), the
+two rows sit next to each other in one batch of 2B (cond at even, uncond at odd rows, so a batch
+shard keeps its pairs), the guided logits are ``uncond + w · (cond − uncond)``, and each sampled
+token is fed back through ``embed_image_tokens`` to both rows. P is static, so the decode is a
+``lax.scan`` with no stopping logic.
+
+``sample_images`` is a pure function with fixed shapes (see ``text.py`` for how to call it inside
+a larger jitted program); ``sample_images_jit`` compiles it alone.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import functools
+
+import flax.struct
+import jax
+import jax.numpy as jnp
+from flax import nnx
+
+from pairuni_jax.models.janus import Janus
+from pairuni_jax.models.vq import to_uint8
+from pairuni_jax.rollout import cache as cache_lib
+from pairuni_jax.rollout import sampling
+from pairuni_jax.sharding import constrain
+
+Array = jax.Array
+
+
+@dataclasses.dataclass(frozen=True)
+class ImageSettings:
+    """Settings of an image rollout (hashable: a static argument of the compiled program).
+
+    pad_id: the PAD token id of the unconditional prompt (from the tokenizer).
+    cfg_weight: w, the guidance weight (1 = conditional only, 0 = unconditional only).
+    temperature: divides the guided logits; greedy: argmax instead of sampling. The original has
+      no top-k / top-p for images, so neither is offered.
+    """
+
+    pad_id: int
+    cfg_weight: float = 5.0
+    temperature: float = 1.0
+    greedy: bool = False
+
+    def __post_init__(self):
+        if self.pad_id < 0:
+            raise ValueError(f"ImageSettings.pad_id must be a token id >= 0, got {self.pad_id}")
+        self.rule  # noqa: B018  (validates the temperature)
+
+    @property
+    def rule(self) -> sampling.SamplingRule:
+        return sampling.SamplingRule(temperature=self.temperature, greedy=self.greedy)
+
+
+@flax.struct.dataclass
+class ImageRollout:
+    """tokens: int32[B, P] in raster order; log_probs: float32[B, P] of each token under the
+    guided sampling distribution; cond_log_probs: float32[B, P] under the conditional-only one
+    (``softmax(cond / temperature)``)."""
+
+    tokens: Array
+    log_probs: Array
+    cond_log_probs: Array
+
+
+def unconditional_prompt(input_ids: Array, prompt_mask: Array, pad_id: int) -> Array:
+    """int32[B, S]: each left-padded prompt with every real token but its first (BOS) and last
+    (``<begin_of_image>``) replaced by ``pad_id``; the padding itself is left as it is."""
+    length = input_ids.shape[1]
+    first_real = length - jnp.sum(prompt_mask, axis=-1, keepdims=True)
+    column = jnp.arange(length)[None]
+    keep = (column == first_real) | (column == length - 1) | ~prompt_mask
+    return jnp.where(keep, input_ids, pad_id)
+
+
+def cfg_batch(input_ids: Array, prompt_mask: Array, pad_id: int) -> tuple[Array, Array]:
+    """The guided batch: ids int32[2B, S] with row 2b = prompt b, row 2b+1 its unconditional
+    twin; mask bool[2B, S] (the twin keeps the prompt's mask, hence its positions)."""
+    uncond = unconditional_prompt(input_ids, prompt_mask, pad_id)
+    ids = jnp.stack([input_ids, uncond], axis=1).reshape(-1, input_ids.shape[1])
+    return ids, jnp.repeat(prompt_mask, 2, axis=0)
+
+
+def guided_logits(logits: Array, cfg_weight: float) -> tuple[Array, Array]:
+    """logits: [2B, C] of the interleaved batch → (guided, cond), both float32[B, C]."""
+    pairs = logits.astype(jnp.float32).reshape(-1, 2, logits.shape[-1])
+    cond, uncond = pairs[:, 0], pairs[:, 1]
+    return uncond + jnp.float32(cfg_weight) * (cond - uncond), cond
+
+
+def sample_images(
+    model: Janus, input_ids: Array, prompt_mask: Array, rng: Array, settings: ImageSettings,
+) -> ImageRollout:
+    """Samples one image (P tokens) per prompt row with CFG.
+
+    input_ids: int32[B, S] left-padded generation prompts, each BOS first and
+      ``<begin_of_image>`` last; prompt_mask: bool[B, S], False on padding.
+    rng: a PRNG key; image b samples from ``fold_in(rng, b)``, token t from ``fold_in(that, t)``.
+    """
+    batch = input_ids.shape[0]
+    num_tokens = model.config.num_generated_image_tokens
+    rule = settings.rule
+    ids, mask = cfg_batch(
+        constrain(input_ids, "batch", "length"), constrain(prompt_mask, "batch", "length"),
+        settings.pad_id,
+    )
+    hidden, cache = cache_lib.prefill(
+        model, model.embed(constrain(ids, "batch", "length")), constrain(mask, "batch", "length"),
+        ids.shape[1] + num_tokens - 1,
+    )
+    next_positions = jnp.repeat(jnp.sum(prompt_mask, axis=-1, dtype=jnp.int32), 2)
+    keys = sampling.row_keys(rng, batch)
+
+    def pick(hidden, step):
+        guided, cond = guided_logits(model.image_logits(hidden), settings.cfg_weight)
+        token, log_prob = sampling.sample(guided, sampling.step_keys(keys, step), rule)
+        return token, log_prob, sampling.token_log_probs(cond, token, rule)
+
+    def body(carry, step):
+        token, cache = carry
+        embeds = jnp.repeat(model.embed_image_tokens(token), 2, axis=0)
+        hidden, cache = cache_lib.decode_step(model, embeds, next_positions + step - 1, cache)
+        out = pick(hidden, step)
+        return (out[0], cache), out
+
+    first = pick(hidden, 0)
+    _, rest = jax.lax.scan(body, (first[0], cache), jnp.arange(1, num_tokens, dtype=jnp.int32))
+    tokens, log_probs, cond_log_probs = (
+        constrain(jnp.concatenate([a[:, None], b.T], axis=1), "batch", None)
+        for a, b in zip(first, rest, strict=True)
+    )
+    return ImageRollout(tokens=tokens, log_probs=log_probs, cond_log_probs=cond_log_probs)
+
+
+def decode_images(model: Janus, tokens: Array) -> Array:
+    """tokens: int32[B, P] → uint8[B, s, s, 3] (VQ decode, then the original clip-and-truncate)."""
+    return to_uint8(model.decode_image_tokens(tokens))
+
+
+@functools.partial(nnx.jit, static_argnames=("settings",))
+def sample_images_jit(model, input_ids, prompt_mask, rng, settings):
+    """``sample_images`` compiled on its own (CLI, benchmark): one program, cache inside it."""
+    return sample_images(model, input_ids, prompt_mask, rng, settings)
