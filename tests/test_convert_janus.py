@@ -169,6 +169,13 @@ def _hub_style_deepseek_config(c: JanusConfig) -> dict:
     }
 
 
+def _torch(value: np.ndarray) -> torch.Tensor:
+    value = np.ascontiguousarray(value)
+    if value.dtype == ml_dtypes.bfloat16:
+        return torch.from_numpy(value.view(np.int16)).view(torch.bfloat16)
+    return torch.from_numpy(value)
+
+
 def _write_checkpoint(
     directory: Path, state: dict, config: dict, storage: str = "safetensors"
 ) -> Path:
@@ -176,10 +183,7 @@ def _write_checkpoint(
     if storage == "safetensors":
         safetensors.numpy.save_file(state, str(directory / "model.safetensors"))
     else:
-        torch.save(
-            {k: torch.from_numpy(np.ascontiguousarray(v)) for k, v in state.items()},
-            directory / "pytorch_model.bin",
-        )
+        torch.save({k: _torch(v) for k, v in state.items()}, directory / "pytorch_model.bin")
     (directory / "config.json").write_text(json.dumps(config))
     return directory
 
@@ -306,17 +310,25 @@ def test_transformers_config_matches_the_reference_builder():
 # -- DeepSeek format ------------------------------------------------------------------------------
 
 
-@pytest.mark.parametrize("storage", ["bin", "safetensors"])
+@pytest.mark.parametrize(
+    "storage,dtype", [("bin", "fp32"), ("safetensors", "fp32"), ("bin", "bf16")]
+)
 def test_deepseek_checkpoint_converts_to_the_same_params(
-    storage, deepseek_state, orbax_params, tmp_path
+    storage, dtype, deepseek_state, orbax_params, tmp_path
 ):
+    """bf16: a torch-cast bf16 .bin gives the transformers path's params rounded to bf16."""
+    want = orbax_params
+    if dtype == "bf16":
+        cast = lambda v: torch.from_numpy(v).to(torch.bfloat16).view(torch.int16).numpy()  # noqa: E731
+        deepseek_state = {k: cast(v).view(ml_dtypes.bfloat16) for k, v in deepseek_state.items()}
+        want = jax.tree.map(lambda x: x.astype(ml_dtypes.bfloat16), orbax_params)
     config = hf_config.deepseek_config(CONFIG, "float32")
     src = _write_checkpoint(tmp_path / "ds", deepseek_state, config, storage)
     out = convert.hf_to_orbax(src, tmp_path / "orbax", progress=False)
     meta = model_dir.read_config(out)
     assert meta["source_format"] == "deepseek"
-    assert convert.read_model_config(out) == (CONFIG, np.float32)
-    _assert_trees_equal(convert.restore_numpy(out), orbax_params)
+    assert convert.read_model_config(out) == (CONFIG, np.dtype(convert.DTYPES[dtype]))
+    _assert_trees_equal(convert.restore_numpy(out), want)
 
 
 def test_deepseek_round_trip_equals_input_except_dropped_keys(deepseek_state, tmp_path):
