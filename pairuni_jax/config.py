@@ -121,7 +121,9 @@ def _convert(tp: Any, value: Any, path: str) -> Any:
         return value
     if tp is float and isinstance(value, int) and not isinstance(value, bool):
         return float(value)
-    if tp in (int, float, str, bool) and not (isinstance(value, tp) and not (tp is int and isinstance(value, bool))):
+    if tp in (int, float, str, bool) and not (
+        isinstance(value, tp) and not (tp is int and isinstance(value, bool))
+    ):
         raise ConfigError(f"{path}: expected {tp.__name__}, got {value!r}")
     return value
 

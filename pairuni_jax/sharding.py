@@ -73,7 +73,9 @@ class MeshConfig:
                 known *= s
         if -1 in sizes:
             if num_devices % known:
-                raise ValueError(f"MeshConfig {self}: {num_devices} devices do not divide by {known}")
+                raise ValueError(
+                    f"MeshConfig {self}: {num_devices} devices do not divide by {known}"
+                )
             sizes[sizes.index(-1)] = num_devices // known
         if sizes[0] * sizes[1] * sizes[2] != num_devices:
             raise ValueError(
@@ -86,9 +88,7 @@ def make_mesh(config: MeshConfig, devices: Sequence[jax.Device] | None = None) -
     """Builds a ``(data, fsdp, tensor)`` mesh over ``devices`` (default: all devices)."""
     devices = list(devices) if devices is not None else jax.devices()
     shape = config.shape(len(devices))
-    return jax.make_mesh(
-        shape, MESH_AXES, axis_types=(AxisType.Auto,) * 3, devices=devices
-    )
+    return jax.make_mesh(shape, MESH_AXES, axis_types=(AxisType.Auto,) * 3, devices=devices)
 
 
 def axes(*names: str | None) -> dict[str, Any]:
@@ -146,3 +146,20 @@ def shard_module(module: nnx.Module, mesh: Mesh) -> nnx.Module:
 
 def replicated(mesh: Mesh) -> NamedSharding:
     return NamedSharding(mesh, PartitionSpec())
+
+
+def tree_shardings(tree: Any, mesh: Mesh) -> Any:
+    """Shardings for any pytree holding NNX variables (params, optimizer moments, train state).
+
+    A variable tagged with logical axes is sharded by the rules; every other leaf (step counters,
+    scalars) is replicated. The result mirrors ``tree``, ready for ``jax.device_put``.
+    """
+
+    def one(x: Any) -> Any:
+        if isinstance(x, nnx.Variable):
+            names = x.get_metadata().get("out_sharding")
+            spec = logical_to_spec(names) if names else PartitionSpec()
+            return x.replace(NamedSharding(mesh, spec))
+        return NamedSharding(mesh, PartitionSpec())
+
+    return jax.tree.map(one, tree, is_leaf=lambda x: isinstance(x, nnx.Variable))

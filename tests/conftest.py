@@ -15,7 +15,7 @@ jax.config.update("jax_default_matmul_precision", "highest")
 
 @pytest.fixture(scope="session")
 def mesh():
-  """A (data=2, fsdp=4, tensor=1) mesh over the eight fake devices."""
-  from pairuni_jax import sharding
+    """A (data=2, fsdp=4, tensor=1) mesh over the eight fake devices."""
+    from pairuni_jax import sharding
 
-  return sharding.make_mesh(sharding.MeshConfig(data=2, fsdp=4, tensor=1))
+    return sharding.make_mesh(sharding.MeshConfig(data=2, fsdp=4, tensor=1))

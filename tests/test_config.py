@@ -38,17 +38,22 @@ def test_build_nested_with_overrides_and_round_trip(tmp_path):
     path.write_text("name: run\ninner:\n  size: 3\n  mode: b\ndims: [4, 5]\n")
     data = apply_overrides(load_yaml(path), ["inner.ratio=1", "limit=2.5"])
     cfg = build(Outer, data)
-    assert cfg == Outer(name="run", inner=Inner(size=3, ratio=1.0, mode=Mode.B), dims=(4, 5), limit=2.5)
+    assert cfg == Outer(
+        name="run", inner=Inner(size=3, ratio=1.0, mode=Mode.B), dims=(4, 5), limit=2.5
+    )
     assert build(Outer, to_dict(cfg)) == cfg
 
 
-@pytest.mark.parametrize("data,message", [
-    ({"inner": {"sise": 3}}, "inner: unknown key(s) ['sise']"),
-    ({"inner": {"size": "big"}}, "inner.size: expected int"),
-    ({"inner": {"mode": "c"}}, "inner.mode: 'c' is not one of ['a', 'b']"),
-    ({"inner": {"size": 0}}, "inner: size must be >= 1"),
-    ({"dims": 3}, "dims: expected a list"),
-])
+@pytest.mark.parametrize(
+    "data,message",
+    [
+        ({"inner": {"sise": 3}}, "inner: unknown key(s) ['sise']"),
+        ({"inner": {"size": "big"}}, "inner.size: expected int"),
+        ({"inner": {"mode": "c"}}, "inner.mode: 'c' is not one of ['a', 'b']"),
+        ({"inner": {"size": 0}}, "inner: size must be >= 1"),
+        ({"dims": 3}, "dims: expected a list"),
+    ],
+)
 def test_build_errors_name_the_field(data, message):
     with pytest.raises(ConfigError, match=re.escape(message)):
         build(Outer, data)

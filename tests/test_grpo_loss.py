@@ -56,11 +56,14 @@ def test_grpo_advantages_one_outlier_match_numpy():
     assert got[0, 3] == got[0].max() > 2.0
 
 
-@pytest.mark.parametrize("mode,expected", [("sqrt", [1.0, 0.6, 1.0]), ("linear", [1.0, 0.36, 1.0]),
-                                           ("none", [1.0, 1.0, 1.0])])
+@pytest.mark.parametrize(
+    "mode,expected",
+    [("sqrt", [1.0, 0.6, 1.0]), ("linear", [1.0, 0.36, 1.0]), ("none", [1.0, 1.0, 1.0])],
+)
 def test_grpo_pair_weights_aligned_vs_retrieved(mode, expected):
-    w = adv_lib.pair_weights(jnp.array([0.2, 0.36, 0.36]), jnp.array([True, False, True]),
-                             adv_lib.PairWeighting(mode))
+    w = adv_lib.pair_weights(
+        jnp.array([0.2, 0.36, 0.36]), jnp.array([True, False, True]), adv_lib.PairWeighting(mode)
+    )
     np.testing.assert_allclose(np.asarray(w), expected, rtol=1e-6)
 
 
@@ -89,7 +92,9 @@ def test_grpo_loss_matches_numpy(agg, spread):
     cfg = LossConfig(epsilon=0.2, aggregation=Aggregation(agg))
     out = policy_loss(*map(jnp.asarray, (logp, old, adv, mask)), cfg)
     total, denom = out["loss"]
-    np.testing.assert_allclose(float(total / denom), np_loss(logp, old, adv, mask, 0.2, 0.2, agg), rtol=1e-5)
+    np.testing.assert_allclose(
+        float(total / denom), np_loss(logp, old, adv, mask, 0.2, 0.2, agg), rtol=1e-5
+    )
     frac = float(out["clip_fraction"][0] / out["clip_fraction"][1])
     assert (frac == 0.0) if spread == 0.01 else (frac > 0.1)
 
@@ -98,8 +103,9 @@ def test_grpo_loss_asymmetric_clip_matches_numpy():
     logp, old, adv, mask, _ = _case(1, 0.8)
     cfg = LossConfig(epsilon=0.2, epsilon_high=0.28)
     total, denom = policy_loss(*map(jnp.asarray, (logp, old, adv, mask)), cfg)["loss"]
-    np.testing.assert_allclose(float(total / denom), np_loss(logp, old, adv, mask, 0.2, 0.28, "token_mean"),
-                               rtol=1e-5)
+    np.testing.assert_allclose(
+        float(total / denom), np_loss(logp, old, adv, mask, 0.2, 0.28, "token_mean"), rtol=1e-5
+    )
 
 
 @pytest.mark.parametrize("est", ["k3", "k1"])
@@ -116,8 +122,11 @@ def test_grpo_loss_with_kl_matches_numpy(est):
 def test_grpo_on_policy_gradient_is_minus_advantage_times_grad_logp():
     """At ratio 1 (μ = 1) the loss gradient w.r.t. logp is −Ã/denominator on valid tokens."""
     logp, _, adv, mask, _ = _case(3, 0.0)
-    grad = jax.grad(lambda lp: (lambda s, d: s / d)(*policy_loss(
-        lp, lp, jnp.asarray(adv), jnp.asarray(mask), LossConfig())["loss"]))(jnp.asarray(logp))
+    grad = jax.grad(
+        lambda lp: (lambda s, d: s / d)(
+            *policy_loss(lp, lp, jnp.asarray(adv), jnp.asarray(mask), LossConfig())["loss"]
+        )
+    )(jnp.asarray(logp))
     want = -adv[:, None] * mask / mask.sum()
     np.testing.assert_allclose(np.asarray(grad), want, rtol=1e-5, atol=1e-7)
 
@@ -135,8 +144,12 @@ def test_grpo_chunked_logprobs_equal_full_log_softmax():
     hidden = jnp.asarray(rng.normal(size=(3, 11, 8)), jnp.float32)
     w = jnp.asarray(rng.normal(size=(8, 50)), jnp.float32)
     targets = jnp.asarray(rng.integers(0, 50, size=(3, 11)))
-    logp, ent = logprobs_lib.token_logprobs(hidden, targets, lambda h: h @ w, temperature=0.7, chunk_size=4)
+    logp, ent = logprobs_lib.token_logprobs(
+        hidden, targets, lambda h: h @ w, temperature=0.7, chunk_size=4
+    )
     full = jax.nn.log_softmax((hidden @ w) / 0.7, axis=-1)
     want = jnp.take_along_axis(full, targets[..., None], -1)[..., 0]
     np.testing.assert_allclose(np.asarray(logp), np.asarray(want), rtol=1e-5, atol=1e-6)
-    np.testing.assert_allclose(np.asarray(ent), np.asarray(-(jnp.exp(full) * full).sum(-1)), rtol=1e-5)
+    np.testing.assert_allclose(
+        np.asarray(ent), np.asarray(-(jnp.exp(full) * full).sum(-1)), rtol=1e-5
+    )

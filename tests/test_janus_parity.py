@@ -87,15 +87,19 @@ def test_generation_head_and_aligner_parity(models):
         want_embeds = hf.prepare_embeddings_for_image_generation(torch.from_numpy(tokens)).numpy()
     got_logits = np.asarray(model.image_logits(jnp.asarray(hidden)))
     got_embeds = np.asarray(model.embed_image_tokens(jnp.asarray(tokens)))
-    print(f"gen head max|diff| = {np.abs(got_logits - want_logits).max():.2e}, "
-          f"gen aligner max|diff| = {np.abs(got_embeds - want_embeds).max():.2e}")
+    print(
+        f"gen head max|diff| = {np.abs(got_logits - want_logits).max():.2e}, "
+        f"gen aligner max|diff| = {np.abs(got_embeds - want_embeds).max():.2e}"
+    )
     np.testing.assert_allclose(got_logits, want_logits, atol=1e-5, rtol=1e-5)
     np.testing.assert_allclose(got_embeds, want_embeds, atol=1e-5, rtol=1e-5)
 
 
 def test_vq_decode_parity_through_janus(models):
     hf, model = models
-    tokens = np.random.default_rng(3).integers(0, CONFIG.vq.num_embeddings, size=(2, CONFIG.vq.num_tokens))
+    tokens = np.random.default_rng(3).integers(
+        0, CONFIG.vq.num_embeddings, size=(2, CONFIG.vq.num_tokens)
+    )
     with torch.no_grad():
         want = hf.model.vqmodel.decode(torch.from_numpy(tokens)).numpy().transpose(0, 2, 3, 1)
     got = np.asarray(model.decode_image_tokens(jnp.asarray(tokens)))
@@ -116,10 +120,14 @@ def test_kv_cache_prefill_and_decode_equal_full_forward(models):
     h1, cache = model(embeds[:, :split], positions[:, :split], jnp.asarray(mask[:, :split]), cache)
     steps = []
     for t in range(split, ids.shape[1]):
-        h, cache = model(embeds[:, t : t + 1], positions[:, t : t + 1], jnp.asarray(mask[:, t : t + 1]), cache)
+        h, cache = model(
+            embeds[:, t : t + 1], positions[:, t : t + 1], jnp.asarray(mask[:, t : t + 1]), cache
+        )
         steps.append(h)
     cached = jnp.concatenate([h1, *steps], axis=1)
-    np.testing.assert_allclose(np.asarray(cached)[mask], np.asarray(full)[mask], atol=1e-5, rtol=1e-5)
+    np.testing.assert_allclose(
+        np.asarray(cached)[mask], np.asarray(full)[mask], atol=1e-5, rtol=1e-5
+    )
     assert int(cache.index) == ids.shape[1]
 
 
@@ -140,7 +148,9 @@ def test_sharded_forward_parity_on_mesh(models, mesh):
     mask = np.concatenate([mask] * 4)
     pixels = np.concatenate([pixels] * 4)
     want_text = _flax_text_logits(model, ids, mask, pixels)
-    tokens = np.random.default_rng(7).integers(0, CONFIG.vq.num_embeddings, size=(8, CONFIG.vq.num_tokens))
+    tokens = np.random.default_rng(7).integers(
+        0, CONFIG.vq.num_embeddings, size=(8, CONFIG.vq.num_tokens)
+    )
     want_pixels = np.asarray(model.decode_image_tokens(jnp.asarray(tokens)))
 
     sharded = sharding.shard_module(model, mesh)
@@ -174,8 +184,15 @@ def test_create_sharded_births_params_on_mesh(shape):
         assert leaf.sharding.mesh.shape == mesh.shape
 
 
-ATTN_POOL = 1024 + (1024 * 1024 + 1024) + (2048 * 1024 + 2048) + (1024 * 1024 + 1024) + 2048 \
-    + (4096 * 1024 + 4096) + (1024 * 4096 + 1024)
+ATTN_POOL = (
+    1024
+    + (1024 * 1024 + 1024)
+    + (2048 * 1024 + 2048)
+    + (1024 * 1024 + 1024)
+    + 2048
+    + (4096 * 1024 + 4096)
+    + (1024 * 4096 + 1024)
+)
 CODEBOOK_USED = 65536
 
 

@@ -12,7 +12,9 @@ CONVERTER_MODULES: tuple[str, ...] = ()
 
 
 def register(subparsers: argparse._SubParsersAction) -> None:
-    parser = subparsers.add_parser("convert", help="convert checkpoints (Hugging Face, open_clip <-> Orbax)")
+    parser = subparsers.add_parser(
+        "convert", help="convert checkpoints (Hugging Face, open_clip <-> Orbax)"
+    )
     converters = parser.add_subparsers(dest="converter", metavar="CONVERTER")
     for name in CONVERTER_MODULES:
         importlib.import_module(name).register(converters)

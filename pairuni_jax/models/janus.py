@@ -61,13 +61,19 @@ class JanusConfig:
     @classmethod
     def tiny(cls) -> JanusConfig:
         return cls(
-            text=LlamaConfig.tiny(), vision=SiglipConfig.tiny(), vq=VQConfig.tiny(),
+            text=LlamaConfig.tiny(),
+            vision=SiglipConfig.tiny(),
+            vq=VQConfig.tiny(),
             image_token_id=3,  # `<image_placeholder>` in the bundled tiny tokenizer
         )
 
     @classmethod
     def preset(cls, name: str) -> JanusConfig:
-        presets = {"janus_pro_1b": cls.janus_pro_1b, "janus_pro_7b": cls.janus_pro_7b, "tiny": cls.tiny}
+        presets = {
+            "janus_pro_1b": cls.janus_pro_1b,
+            "janus_pro_7b": cls.janus_pro_7b,
+            "tiny": cls.tiny,
+        }
         if name not in presets:
             raise ValueError(f"unknown Janus preset {name!r}; expected one of {sorted(presets)}")
         return presets[name]()
@@ -99,8 +105,14 @@ class Janus(nnx.Module):
     """The Janus-Pro model. All methods are pure functions of the parameters and inputs."""
 
     def __init__(
-        self, config: JanusConfig, *, dtype: Any = jnp.float32, param_dtype: Any = jnp.float32,
-        scan_layers: bool = True, remat: str = "none", rngs: nnx.Rngs,
+        self,
+        config: JanusConfig,
+        *,
+        dtype: Any = jnp.float32,
+        param_dtype: Any = jnp.float32,
+        scan_layers: bool = True,
+        remat: str = "none",
+        rngs: nnx.Rngs,
     ):
         self.config = config
         self.dtype = dtype
@@ -108,11 +120,16 @@ class Janus(nnx.Module):
         kw = dict(dtype=dtype, param_dtype=param_dtype)
         stack = dict(scan_layers=scan_layers, remat=remat)
         self.vision_model = SiglipVisionModel(config.vision, rngs=rngs, **kw, **stack)
-        self.aligner = AlignerMLP(config.vision.hidden_size, h, config.aligner_depth, rngs=rngs, **kw)
+        self.aligner = AlignerMLP(
+            config.vision.hidden_size, h, config.aligner_depth, rngs=rngs, **kw
+        )
         self.vqmodel = VQModel(config.vq, rngs=rngs, **kw)
         self.generation_embeddings = nnx.Embed(
-            config.vq.num_embeddings, config.vq.embed_dim, embedding_metadata=axes("vocab", None),
-            rngs=rngs, **kw,
+            config.vq.num_embeddings,
+            config.vq.embed_dim,
+            embedding_metadata=axes("vocab", None),
+            rngs=rngs,
+            **kw,
         )
         self.generation_aligner = AlignerMLP(
             config.vq.embed_dim, h, config.aligner_depth, rngs=rngs, **kw
@@ -120,8 +137,13 @@ class Janus(nnx.Module):
         self.generation_head = GenerationHead(h, config.vq.num_embeddings, rngs=rngs, **kw)
         self.language_model = LlamaModel(config.text, rngs=rngs, **kw, **stack)
         self.lm_head = nnx.Linear(
-            h, config.text.vocab_size, use_bias=False, kernel_metadata=axes("embed", "vocab"),
-            kernel_init=nnx.initializers.normal(0.02), rngs=rngs, **kw,
+            h,
+            config.text.vocab_size,
+            use_bias=False,
+            kernel_metadata=axes("embed", "vocab"),
+            kernel_init=nnx.initializers.normal(0.02),
+            rngs=rngs,
+            **kw,
         )
 
     # -- understanding -------------------------------------------------------------------------
@@ -130,7 +152,9 @@ class Janus(nnx.Module):
         """pixel_values: float[N, S, S, 3] in [-1, 1] → aligned features [N, P, H]."""
         return self.aligner(self.vision_model(pixel_values.astype(self.dtype)))
 
-    def embed(self, input_ids: Array, pixel_values: Array | None = None, image_mask: Array | None = None) -> Array:
+    def embed(
+        self, input_ids: Array, pixel_values: Array | None = None, image_mask: Array | None = None
+    ) -> Array:
         """Token embeddings with image features written over the placeholder positions.
 
         input_ids: int32[B, S]; pixel_values: float[N, S_img, S_img, 3] (N images, any N ≥ 1);
@@ -153,7 +177,11 @@ class Janus(nnx.Module):
     # -- the language model and its two heads --------------------------------------------------
 
     def __call__(
-        self, embeds: Array, positions: Array, attention_mask: Array, cache: KVCache | None = None,
+        self,
+        embeds: Array,
+        positions: Array,
+        attention_mask: Array,
+        cache: KVCache | None = None,
     ) -> tuple[Array, KVCache | None]:
         """LLM forward: embeds [B, S, H] → final-norm hidden states [B, S, H] (and the cache)."""
         return self.language_model(embeds, positions, attention_mask, cache)

@@ -54,13 +54,21 @@ class LlamaConfig:
 
     @classmethod
     def janus_pro_7b(cls) -> LlamaConfig:
-        return cls(hidden_size=4096, intermediate_size=11008, num_layers=30, num_heads=32, num_kv_heads=32)
+        return cls(
+            hidden_size=4096, intermediate_size=11008, num_layers=30, num_heads=32, num_kv_heads=32
+        )
 
     @classmethod
     def tiny(cls) -> LlamaConfig:
         return cls(
-            vocab_size=1024, hidden_size=64, intermediate_size=128, num_layers=2, num_heads=4,
-            num_kv_heads=2, head_dim=16, max_position_embeddings=512,
+            vocab_size=1024,
+            hidden_size=64,
+            intermediate_size=128,
+            num_layers=2,
+            num_heads=4,
+            num_kv_heads=2,
+            head_dim=16,
+            max_position_embeddings=512,
         )
 
 
@@ -141,8 +149,13 @@ def dot_product_attention(q: Array, k: Array, v: Array, mask: Array) -> Array:
 
 def _linear(din: int, dout: int, names: tuple[str, str], rngs: nnx.Rngs, **kw) -> nnx.Linear:
     return nnx.Linear(
-        din, dout, use_bias=False, kernel_metadata=axes(*names),
-        kernel_init=nnx.initializers.normal(0.02), rngs=rngs, **kw,
+        din,
+        dout,
+        use_bias=False,
+        kernel_metadata=axes(*names),
+        kernel_init=nnx.initializers.normal(0.02),
+        rngs=rngs,
+        **kw,
     )
 
 
@@ -159,7 +172,12 @@ class Attention(nnx.Module):
         self.o_proj = _linear(config.num_heads * d, h, ("heads", "embed"), **kw)
 
     def __call__(
-        self, x: Array, cos: Array, sin: Array, mask: Array, past: tuple[Array, Array] | None,
+        self,
+        x: Array,
+        cos: Array,
+        sin: Array,
+        mask: Array,
+        past: tuple[Array, Array] | None,
         index: Array | None,
     ) -> tuple[Array, tuple[Array, Array]]:
         """x: [B, S, H]; mask: bool[B, S, T].
@@ -221,17 +239,27 @@ class LlamaModel(nnx.Module):
     """Token embedding, stacked decoder layers and the final norm (HF ``LlamaModel``)."""
 
     def __init__(
-        self, config: LlamaConfig, *, dtype: Any = jnp.float32, param_dtype: Any = jnp.float32,
-        scan_layers: bool = True, remat: str = "none", rngs: nnx.Rngs,
+        self,
+        config: LlamaConfig,
+        *,
+        dtype: Any = jnp.float32,
+        param_dtype: Any = jnp.float32,
+        scan_layers: bool = True,
+        remat: str = "none",
+        rngs: nnx.Rngs,
     ):
         self.config = config
         self.dtype = dtype
         self.scan_layers = scan_layers
         self.remat = remat_lib.RematPolicy(remat)
         self.embed_tokens = nnx.Embed(
-            config.vocab_size, config.hidden_size, dtype=dtype, param_dtype=param_dtype,
+            config.vocab_size,
+            config.hidden_size,
+            dtype=dtype,
+            param_dtype=param_dtype,
             embedding_init=nnx.initializers.normal(0.02),
-            embedding_metadata=axes("vocab", "embed"), rngs=rngs,
+            embedding_metadata=axes("vocab", "embed"),
+            rngs=rngs,
         )
 
         @nnx.split_rngs(splits=config.num_layers)
@@ -240,10 +268,16 @@ class LlamaModel(nnx.Module):
             return DecoderLayer(config, dtype=dtype, param_dtype=param_dtype, rngs=rngs)
 
         self.layers = make_layers(rngs)
-        self.norm = RMSNorm(config.hidden_size, config.rms_norm_eps, dtype=dtype, param_dtype=param_dtype)
+        self.norm = RMSNorm(
+            config.hidden_size, config.rms_norm_eps, dtype=dtype, param_dtype=param_dtype
+        )
 
     def __call__(
-        self, embeds: Array, positions: Array, attention_mask: Array, cache: KVCache | None = None,
+        self,
+        embeds: Array,
+        positions: Array,
+        attention_mask: Array,
+        cache: KVCache | None = None,
     ) -> tuple[Array, KVCache | None]:
         """Runs the decoder over ``embeds`` [B, S, H] and returns the final-norm hidden states.
 
@@ -285,7 +319,9 @@ class LlamaModel(nnx.Module):
         body = remat_lib.apply(body, self.remat)
         kv_all = None if cache is None else (cache.k, cache.v)
         (x, kv_all, _), _ = jax.lax.scan(
-            body, (x, kv_all, jnp.zeros((), jnp.int32)), layer_state,
+            body,
+            (x, kv_all, jnp.zeros((), jnp.int32)),
+            layer_state,
             unroll=1 if self.scan_layers else c.num_layers,
         )
         x = self.norm(x)

@@ -19,18 +19,28 @@ def gelu(x: jax.Array) -> jax.Array:
 
 def _dense(din: int, dout: int, names: tuple[str | None, str], dtype: Any, param_dtype: Any, rngs):
     return nnx.Linear(
-        din, dout, kernel_metadata=axes(*names), bias_metadata=axes(names[1]),
-        dtype=dtype, param_dtype=param_dtype, rngs=rngs,
+        din,
+        dout,
+        kernel_metadata=axes(*names),
+        bias_metadata=axes(names[1]),
+        dtype=dtype,
+        param_dtype=param_dtype,
+        rngs=rngs,
     )
 
 
 class AlignerMLP(nnx.Module):
     """``fc1`` then ``depth - 1`` × (GELU → Linear): [..., din] → [..., dout] (HF ``*AlignerMLP``)."""
 
-    def __init__(self, din: int, dout: int, depth: int, *, dtype: Any, param_dtype: Any, rngs: nnx.Rngs):
+    def __init__(
+        self, din: int, dout: int, depth: int, *, dtype: Any, param_dtype: Any, rngs: nnx.Rngs
+    ):
         self.fc1 = _dense(din, dout, (None, "embed"), dtype, param_dtype, rngs)
         self.hidden_layers = nnx.List(
-            [_dense(dout, dout, ("mlp", "embed"), dtype, param_dtype, rngs) for _ in range(depth - 1)]
+            [
+                _dense(dout, dout, ("mlp", "embed"), dtype, param_dtype, rngs)
+                for _ in range(depth - 1)
+            ]
         )
 
     def __call__(self, x: jax.Array) -> jax.Array:
@@ -43,9 +53,13 @@ class AlignerMLP(nnx.Module):
 class GenerationHead(nnx.Module):
     """Image-token logits from LLM hidden states: Linear(H, H) → GELU → Linear(H, codebook)."""
 
-    def __init__(self, hidden: int, codebook_size: int, *, dtype: Any, param_dtype: Any, rngs: nnx.Rngs):
+    def __init__(
+        self, hidden: int, codebook_size: int, *, dtype: Any, param_dtype: Any, rngs: nnx.Rngs
+    ):
         self.proj_out = _dense(hidden, hidden, ("embed", "mlp"), dtype, param_dtype, rngs)
-        self.vision_head = _dense(hidden, codebook_size, ("embed", "vocab"), dtype, param_dtype, rngs)
+        self.vision_head = _dense(
+            hidden, codebook_size, ("embed", "vocab"), dtype, param_dtype, rngs
+        )
 
     def __call__(self, hidden: jax.Array) -> jax.Array:
         return self.vision_head(gelu(self.proj_out(hidden)))

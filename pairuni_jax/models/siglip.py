@@ -32,9 +32,13 @@ class SiglipConfig:
 
     def __post_init__(self):
         if self.image_size % self.patch_size:
-            raise ValueError(f"image_size {self.image_size} is not a multiple of patch {self.patch_size}")
+            raise ValueError(
+                f"image_size {self.image_size} is not a multiple of patch {self.patch_size}"
+            )
         if self.hidden_size % self.num_heads:
-            raise ValueError(f"hidden_size {self.hidden_size} not divisible by {self.num_heads} heads")
+            raise ValueError(
+                f"hidden_size {self.hidden_size} not divisible by {self.num_heads} heads"
+            )
 
     @property
     def num_patches(self) -> int:
@@ -67,8 +71,14 @@ class Embeddings(nnx.Module):
     def __init__(self, config: SiglipConfig, kw: dict):
         p = config.patch_size
         self.patch_embedding = nnx.Conv(
-            3, config.hidden_size, (p, p), strides=(p, p), padding="VALID",
-            kernel_metadata=axes(None, None, "conv_in", "embed"), bias_metadata=axes("embed"), **kw,
+            3,
+            config.hidden_size,
+            (p, p),
+            strides=(p, p),
+            padding="VALID",
+            kernel_metadata=axes(None, None, "conv_in", "embed"),
+            bias_metadata=axes("embed"),
+            **kw,
         )
         self.position_embedding = nnx.Embed(
             config.num_patches, config.hidden_size, embedding_metadata=axes(None, "embed"), **kw
@@ -93,7 +103,9 @@ class SelfAttention(nnx.Module):
     def __call__(self, x: Array) -> Array:
         b, p, c = x.shape
         n = self.num_heads
-        q, k, v = (proj(x).reshape(b, p, n, c // n) for proj in (self.q_proj, self.k_proj, self.v_proj))
+        q, k, v = (
+            proj(x).reshape(b, p, n, c // n) for proj in (self.q_proj, self.k_proj, self.v_proj)
+        )
         logits = jnp.einsum("bqnd,bknd->bnqk", q, k, preferred_element_type=jnp.float32)
         probs = jax.nn.softmax(logits * (c // n) ** -0.5, axis=-1).astype(v.dtype)
         out = jnp.einsum("bnqk,bknd->bqnd", probs, v).reshape(b, p, c)
@@ -136,8 +148,14 @@ class SiglipVisionModel(nnx.Module):
     """Patch features of the last block after the final LayerNorm: [B, S, S, 3] → [B, P, C]."""
 
     def __init__(
-        self, config: SiglipConfig, *, dtype: Any = jnp.float32, param_dtype: Any = jnp.float32,
-        scan_layers: bool = True, remat: str = "none", rngs: nnx.Rngs,
+        self,
+        config: SiglipConfig,
+        *,
+        dtype: Any = jnp.float32,
+        param_dtype: Any = jnp.float32,
+        scan_layers: bool = True,
+        remat: str = "none",
+        rngs: nnx.Rngs,
     ):
         self.config = config
         self.scan_layers = scan_layers
@@ -145,7 +163,9 @@ class SiglipVisionModel(nnx.Module):
         kw = dict(dtype=dtype, param_dtype=param_dtype)
         self.embeddings = Embeddings(config, dict(kw, rngs=rngs))
         self.encoder = Encoder(config, kw, rngs)
-        self.post_layernorm = _layer_norm(config.hidden_size, config.layer_norm_eps, dict(kw, rngs=rngs))
+        self.post_layernorm = _layer_norm(
+            config.hidden_size, config.layer_norm_eps, dict(kw, rngs=rngs)
+        )
 
     def __call__(self, pixels: Array) -> Array:
         x = constrain(self.embeddings(pixels), "batch", "length", "embed")
@@ -155,7 +175,9 @@ class SiglipVisionModel(nnx.Module):
             return nnx.merge(graphdef, layer_params)(x), None
 
         x, _ = jax.lax.scan(
-            remat_lib.apply(body, self.remat), x, layer_state,
+            remat_lib.apply(body, self.remat),
+            x,
+            layer_state,
             unroll=1 if self.scan_layers else self.config.num_layers,
         )
         return self.post_layernorm(x)

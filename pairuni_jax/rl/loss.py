@@ -100,11 +100,15 @@ def policy_loss(
     if config.kl_beta > 0:
         if ref_logp is None:
             raise ValueError("kl_beta > 0 needs ref_logp")
-        kl = kl_divergence(logp, jax.lax.stop_gradient(ref_logp.astype(jnp.float32)), config.kl_estimator)
+        kl = kl_divergence(
+            logp, jax.lax.stop_gradient(ref_logp.astype(jnp.float32)), config.kl_estimator
+        )
         per_token = per_token + config.kl_beta * kl
         out["kl"] = aggregate(kl, mask, Aggregation.TOKEN_MEAN)
     out["loss"] = aggregate(per_token, mask, config.aggregation)
     # Clipping binds where the clipped term is the smaller one: there the token has no gradient.
     is_clipped = (clipped_ratio * adv < ratio * adv).astype(jnp.float32)
-    out["clip_fraction"] = aggregate(jax.lax.stop_gradient(is_clipped), mask, Aggregation.TOKEN_MEAN)
+    out["clip_fraction"] = aggregate(
+        jax.lax.stop_gradient(is_clipped), mask, Aggregation.TOKEN_MEAN
+    )
     return out

@@ -39,7 +39,10 @@ def learning_rate_schedule(config: OptimizerConfig) -> optax.Schedule:
     peak = config.learning_rate
     if config.schedule is Schedule.COSINE:
         return optax.warmup_cosine_decay_schedule(
-            0.0 if config.warmup_steps else peak, peak, config.warmup_steps, config.total_steps,
+            0.0 if config.warmup_steps else peak,
+            peak,
+            config.warmup_steps,
+            config.total_steps,
             end_value=peak * config.final_lr_fraction,
         )
     if config.warmup_steps:
@@ -52,7 +55,10 @@ def learning_rate_schedule(config: OptimizerConfig) -> optax.Schedule:
 
 def make_optimizer(config: OptimizerConfig) -> optax.GradientTransformation:
     adamw = optax.adamw(
-        learning_rate_schedule(config), b1=config.b1, b2=config.b2, eps=config.eps,
+        learning_rate_schedule(config),
+        b1=config.b1,
+        b2=config.b2,
+        eps=config.eps,
         weight_decay=config.weight_decay,
     )
     if config.clip_norm > 0:

@@ -1,0 +1,395 @@
+"""The Pair-GRPO train step: rollouts, rewards, pair-weighted advantages, loss and update in one jit.
+
+Shape letters: P pairs in the batch, K_u answers and K_g images per pair, B_u = P·K_u and
+B_g = P·K_g rollout rows (pair-major: row p·K + k), N answer tokens, I image tokens.
+
+``TrainStep(...)(state, batch, rng) -> (state, metrics)`` runs one compiled program:
+
+1. sample K_u answers per understanding prompt and K_g CFG images per generation prompt (no grad);
+2. VQ-decode the images and score both sides (accuracy from token ids, HPS from pixels);
+3. group-normalise each side's rewards per pair and scale by the pair weight w_p (``advantages``);
+4. for μ inner iterations: gradient of the clipped loss over micro-batches (``lax.scan``,
+   exact (sum, denominator) accumulation), then the optax update.
+
+The state is donated. Frozen modules (vision tower and VQ model by default) live in
+``state.frozen`` and get no gradient and no optimizer state.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from collections.abc import Callable
+from typing import Any
+
+import flax.struct
+import jax
+import jax.numpy as jnp
+import optax
+from flax import nnx
+
+from pairuni_jax.models.janus import Janus
+from pairuni_jax.rl import advantages as adv_lib
+from pairuni_jax.rl.loss import Aggregation, LossConfig, aggregate, policy_loss
+from pairuni_jax.rl.policy import ImageLogprob, answer_logprobs, image_logprobs
+from pairuni_jax.rollout.image import ImageSettings, sample_images
+from pairuni_jax.rollout.text import TextSettings, sample_text
+
+Array = jax.Array
+Batch = dict[str, Array]
+# (reward_state, completion_ids [B_u, N], completion_mask [B_u, N], batch, K_u) -> (reward [B_u], parts)
+UnderstandingRewardFn = Callable[[Any, Array, Array, Batch, int], tuple[Array, dict[str, Array]]]
+# (reward_state, pixels [B_g, s, s, 3] in [-1, 1], image tokens [B_g, I], batch, K_g)
+#   -> (reward [B_g], parts)
+GenerationRewardFn = Callable[[Any, Array, Array, Batch, int], tuple[Array, dict[str, Array]]]
+
+
+@dataclasses.dataclass(frozen=True)
+class RolloutConfig:
+    num_und_rollouts: int = 8  # K_u (PairUni-1B: 8, 7B: 4)
+    num_gen_rollouts: int = 8  # K_g
+    max_new_tokens: int = 64
+    text_temperature: float = 1.0
+    top_k: int = 0  # 0: off. The loss re-scores with the plain temperature softmax, so keep
+    top_p: float = 1.0  # these off unless you accept that off-policy gap.
+    cfg_weight: float = 5.0
+    image_temperature: float = 1.0
+
+    def __post_init__(self):
+        if self.num_und_rollouts < 2 or self.num_gen_rollouts < 2:
+            raise ValueError("GRPO needs at least 2 rollouts per group on each side")
+
+
+@dataclasses.dataclass(frozen=True)
+class GRPOConfig:
+    rollout: RolloutConfig = dataclasses.field(default_factory=RolloutConfig)
+    loss: LossConfig = dataclasses.field(default_factory=LossConfig)
+    pair_weighting: adv_lib.PairWeighting = adv_lib.PairWeighting.SQRT
+    advantage_eps: float = 1e-4
+    image_logprob: ImageLogprob = ImageLogprob.CONDITIONAL
+    understanding_weight: float = 1.0
+    generation_weight: float = 1.0
+    inner_iterations: int = 1  # μ
+    micro_batches: int = 1  # gradient accumulation inside the step
+    frozen_modules: tuple[str, ...] = ("vision_model", "vqmodel")
+    logprob_chunk: int = 128
+
+    def __post_init__(self):
+        if self.inner_iterations < 1 or self.micro_batches < 1:
+            raise ValueError("inner_iterations and micro_batches must be >= 1")
+
+
+@flax.struct.dataclass
+class TrainState:
+    step: Array  # int32 scalar: optimizer updates done
+    params: nnx.State  # trainable policy parameters
+    frozen: nnx.State  # frozen policy parameters
+    opt_state: Any
+    ref_params: nnx.State | None  # the initial trainable params, kept only when kl_beta > 0
+
+
+def split_policy(
+    model: Janus, frozen_modules: tuple[str, ...]
+) -> tuple[nnx.GraphDef, nnx.State, nnx.State]:
+    """(graphdef, trainable, frozen): parameters under ``frozen_modules`` are frozen."""
+    known = set(vars(model))
+    if unknown := sorted(set(frozen_modules) - known):
+        raise ValueError(f"frozen_modules {unknown} are not modules of Janus")
+
+    def is_frozen(path, _):
+        return path[0] in frozen_modules
+
+    graphdef, frozen, params = nnx.split(model, is_frozen, ...)
+    return graphdef, params, frozen
+
+
+def init_train_state(
+    model: Janus, config: GRPOConfig, optimizer: optax.GradientTransformation
+) -> tuple[nnx.GraphDef, TrainState]:
+    graphdef, params, frozen = split_policy(model, config.frozen_modules)
+    ref = jax.tree.map(jnp.copy, params) if config.loss.kl_beta > 0 else None
+    state = TrainState(
+        step=jnp.zeros((), jnp.int32),
+        params=params,
+        frozen=frozen,
+        opt_state=optimizer.init(params),
+        ref_params=ref,
+    )
+    return graphdef, state
+
+
+def _repeat(x: Array, k: int) -> Array:
+    return jnp.repeat(x, k, axis=0)
+
+
+def _stats(x: Array) -> tuple[Array, Array]:
+    return jnp.mean(x), jnp.std(x)
+
+
+def _micro(x: Array, m: int) -> Array:
+    if x.shape[0] % m:
+        raise ValueError(f"{x.shape[0]} rows do not split into {m} micro-batches")
+    return x.reshape(m, x.shape[0] // m, *x.shape[1:])
+
+
+class TrainStep:
+    """One jitted Pair-GRPO step. ``reward_state`` (frozen reward params, letter tables) is an
+    argument of the compiled program, not a constant, and is not donated."""
+
+    def __init__(
+        self,
+        graphdef: nnx.GraphDef,
+        config: GRPOConfig,
+        optimizer: optax.GradientTransformation,
+        text_settings: TextSettings,
+        image_settings: ImageSettings,
+        understanding_reward: UnderstandingRewardFn,
+        generation_reward: GenerationRewardFn,
+        reward_state: Any,
+        learning_rate: optax.Schedule | None = None,
+    ):
+        self.graphdef = graphdef
+        self.config = config
+        self.optimizer = optimizer
+        self.text_settings = text_settings
+        self.image_settings = image_settings
+        self.understanding_reward = understanding_reward
+        self.generation_reward = generation_reward
+        self.reward_state = reward_state
+        self.learning_rate = learning_rate
+        self.jitted = jax.jit(self._step, donate_argnums=(0,))
+
+    def __call__(
+        self, state: TrainState, batch: Batch, rng: Array
+    ) -> tuple[TrainState, dict[str, Array]]:
+        return self.jitted(state, batch, rng, self.reward_state)
+
+    def lower(self, state, batch, rng):
+        """Ahead-of-time lowering (for ``compiled.memory_analysis()`` and cost analysis)."""
+        return self.jitted.lower(state, batch, rng, self.reward_state)
+
+    # -- the program ---------------------------------------------------------------------------
+
+    def _model(self, params: nnx.State, frozen: nnx.State) -> Janus:
+        return nnx.merge(self.graphdef, params, frozen)
+
+    def _step(self, state: TrainState, batch: Batch, rng: Array, reward_state: Any):
+        c = self.config
+        ku, kg = c.rollout.num_und_rollouts, c.rollout.num_gen_rollouts
+        num_pairs = batch["und_input_ids"].shape[0]
+        model = self._model(state.params, state.frozen)
+        rng_text, rng_image = jax.random.split(jax.random.fold_in(rng, state.step))
+
+        # 1. Rollouts and rewards, outside any gradient.
+        und = {
+            "prompt_ids": _repeat(batch["und_input_ids"], ku),
+            "prompt_mask": _repeat(batch["und_attention_mask"], ku),
+            "pixel_values": _repeat(batch["und_pixel_values"], ku),
+        }
+        gen = {
+            "prompt_ids": _repeat(batch["gen_input_ids"], kg),
+            "prompt_mask": _repeat(batch["gen_attention_mask"], kg),
+        }
+        text = sample_text(
+            model,
+            und["prompt_ids"],
+            und["prompt_mask"],
+            und["pixel_values"],
+            None,
+            rng_text,
+            self.text_settings,
+        )
+        images = sample_images(
+            model, gen["prompt_ids"], gen["prompt_mask"], rng_image, self.image_settings
+        )
+        text, images = jax.lax.stop_gradient((text, images))
+        pixels = jax.lax.stop_gradient(model.decode_image_tokens(images.tokens))
+        und_reward, und_parts = self.understanding_reward(
+            reward_state, text.tokens, text.mask, batch, ku
+        )
+        gen_reward, gen_parts = self.generation_reward(
+            reward_state, pixels, images.tokens, batch, kg
+        )
+
+        # 2. Pair-weighted, group-normalised advantages (PairUni Eq. 3-4).
+        weights = adv_lib.pair_weights(
+            batch["similarity"], batch["pair_weight_aligned"], c.pair_weighting
+        )
+        und["advantages"] = adv_lib.weighted_advantages(
+            und_reward.reshape(num_pairs, ku), weights, c.advantage_eps
+        ).reshape(-1)
+        gen["advantages"] = adv_lib.weighted_advantages(
+            gen_reward.reshape(num_pairs, kg), weights, c.advantage_eps
+        ).reshape(-1)
+        und.update(completion=text.tokens, mask=text.mask, old_logp=text.log_probs)
+        old_image = (
+            images.log_probs if c.image_logprob is ImageLogprob.GUIDED else images.cond_log_probs
+        )
+        gen.update(
+            tokens=images.tokens, mask=jnp.ones(images.tokens.shape, bool), old_logp=old_image
+        )
+        if c.loss.kl_beta > 0:
+            ref_model = self._model(state.ref_params, state.frozen)
+            und["ref_logp"] = self._answer_logprobs(ref_model, und)[0]
+            gen["ref_logp"] = self._image_logprobs(ref_model, gen)[0]
+        und, gen = jax.lax.stop_gradient((und, gen))
+
+        # 3. μ inner iterations of gradient + update.
+        denominators = (
+            aggregate(und["mask"].astype(jnp.float32), und["mask"], c.loss.aggregation)[1],
+            aggregate(gen["mask"].astype(jnp.float32), gen["mask"], c.loss.aggregation)[1],
+        )
+
+        def iteration(carry, _):
+            params, opt_state = carry
+            grads, aux = self._gradient(params, state.frozen, und, gen, denominators)
+            updates, opt_state = self.optimizer.update(grads, opt_state, params)
+            return (optax.apply_updates(params, updates), opt_state), (aux, optax.tree.norm(grads))
+
+        (params, opt_state), (aux, grad_norms) = jax.lax.scan(
+            iteration, (state.params, state.opt_state), None, length=c.inner_iterations
+        )
+        aux = jax.tree.map(lambda x: x[0], aux)  # diagnostics of the first (on-policy) iteration
+        new_state = state.replace(step=state.step + 1, params=params, opt_state=opt_state)
+
+        metrics = self._metrics(
+            text,
+            images,
+            und,
+            gen,
+            und_reward,
+            gen_reward,
+            und_parts,
+            gen_parts,
+            weights,
+            aux,
+            grad_norms[0],
+            state.step,
+        )
+        return new_state, metrics
+
+    def _answer_logprobs(self, model: Janus, und: dict) -> tuple[Array, Array]:
+        return answer_logprobs(
+            model,
+            und["prompt_ids"],
+            und["prompt_mask"],
+            und["pixel_values"],
+            und["completion"],
+            und["mask"],
+            self.config.rollout.text_temperature,
+            self.config.logprob_chunk,
+        )
+
+    def _image_logprobs(self, model: Janus, gen: dict) -> tuple[Array, Array]:
+        r = self.config.rollout
+        return image_logprobs(
+            model,
+            gen["prompt_ids"],
+            gen["prompt_mask"],
+            gen["tokens"],
+            self.config.image_logprob,
+            r.cfg_weight,
+            r.image_temperature,
+            self.image_settings.pad_id,
+            self.config.logprob_chunk,
+        )
+
+    def _side_loss(self, logp: Array, side: dict) -> dict[str, tuple[Array, Array]]:
+        return policy_loss(
+            logp,
+            side["old_logp"],
+            side["advantages"],
+            side["mask"],
+            self.config.loss,
+            ref_logp=side.get("ref_logp"),
+        )
+
+    def _gradient(self, params, frozen, und: dict, gen: dict, denominators):
+        """Gradient of w_u·L_u + w_g·L_g, accumulated over micro-batches with global denominators."""
+        c = self.config
+        m = c.micro_batches
+        und_mb = jax.tree.map(lambda x: _micro(x, m), und)
+        gen_mb = jax.tree.map(lambda x: _micro(x, m), gen)
+
+        def loss_fn(params, und_part, gen_part):
+            model = self._model(params, frozen)
+            und_logp, und_entropy = self._answer_logprobs(model, und_part)
+            gen_logp, gen_entropy = self._image_logprobs(model, gen_part)
+            und_out = self._side_loss(und_logp, und_part)
+            gen_out = self._side_loss(gen_logp, gen_part)
+            loss = c.understanding_weight * und_out["loss"][0] / jnp.maximum(
+                denominators[0], 1.0
+            ) + c.generation_weight * gen_out["loss"][0] / jnp.maximum(denominators[1], 1.0)
+            sums = {
+                "und": und_out,
+                "gen": gen_out,
+                "und_entropy": aggregate(und_entropy, und_part["mask"], Aggregation.TOKEN_MEAN),
+                "gen_entropy": aggregate(gen_entropy, gen_part["mask"], Aggregation.TOKEN_MEAN),
+                "und_logp_gap": aggregate(
+                    jnp.abs(und_logp - und_part["old_logp"]),
+                    und_part["mask"],
+                    Aggregation.TOKEN_MEAN,
+                ),
+                "gen_logp_gap": aggregate(
+                    jnp.abs(gen_logp - gen_part["old_logp"]),
+                    gen_part["mask"],
+                    Aggregation.TOKEN_MEAN,
+                ),
+            }
+            return loss, sums
+
+        grad_fn = jax.grad(loss_fn, has_aux=True)
+
+        def accumulate(total, parts):
+            grads, sums = grad_fn(params, *parts)
+            return jax.tree.map(jnp.add, total, (grads, sums)), None
+
+        zero_grads = jax.tree.map(jnp.zeros_like, params)
+        zero_sums = jax.tree.map(
+            jnp.zeros_like,
+            jax.eval_shape(
+                lambda: loss_fn(params, *jax.tree.map(lambda x: x[0], (und_mb, gen_mb)))[1]
+            ),
+        )
+        (grads, sums), _ = jax.lax.scan(accumulate, (zero_grads, zero_sums), (und_mb, gen_mb))
+        return grads, sums
+
+    def _metrics(
+        self,
+        text,
+        images,
+        und,
+        gen,
+        und_reward,
+        gen_reward,
+        und_parts,
+        gen_parts,
+        weights,
+        aux,
+        grad_norm,
+        step,
+    ) -> dict[str, Array]:
+        ratio = lambda pair: pair[0] / jnp.maximum(pair[1], 1.0)  # noqa: E731
+        metrics = {}
+        for side, reward, parts, adv in (
+            ("und", und_reward, und_parts, und["advantages"]),
+            ("gen", gen_reward, gen_parts, gen["advantages"]),
+        ):
+            metrics[f"{side}/reward_mean"], metrics[f"{side}/reward_std"] = _stats(reward)
+            for name, values in parts.items():
+                metrics[f"{side}/{name}"] = jnp.mean(values)
+            metrics[f"{side}/advantage_abs_mean"] = jnp.mean(jnp.abs(adv))
+            metrics[f"{side}/advantage_std"] = jnp.std(adv)
+            metrics[f"{side}/policy_loss"] = ratio(aux[side]["loss"])
+            metrics[f"{side}/clip_fraction"] = ratio(aux[side]["clip_fraction"])
+            metrics[f"{side}/entropy"] = ratio(aux[f"{side}_entropy"])
+            metrics[f"{side}/logp_gap"] = ratio(aux[f"{side}_logp_gap"])
+            if "kl" in aux[side]:
+                metrics[f"{side}/kl"] = ratio(aux[side]["kl"])
+        metrics["und/completion_length"] = jnp.mean(text.lengths.astype(jnp.float32))
+        metrics["und/tokens_sampled"] = jnp.sum(text.lengths).astype(jnp.float32)
+        metrics["gen/tokens_sampled"] = jnp.float32(images.tokens.size)
+        metrics["pair_weight_mean"] = jnp.mean(weights)
+        metrics["grad_norm"] = grad_norm
+        if self.learning_rate is not None:
+            metrics["learning_rate"] = jnp.asarray(self.learning_rate(step), jnp.float32)
+        return metrics
