@@ -8,7 +8,10 @@ from __future__ import annotations
 import argparse
 import importlib
 
-CONVERTER_MODULES: tuple[str, ...] = ()
+CONVERTER_MODULES: tuple[str, ...] = (
+    "pairuni_jax.commands.convert_janus",
+    "pairuni_jax.commands.convert_hpsv2",
+)
 
 
 def register(subparsers: argparse._SubParsersAction) -> None:
