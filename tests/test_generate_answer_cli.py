@@ -63,8 +63,25 @@ def _run(argv):
 def test_generate_writes_the_images_of_the_rollout(tiny_dir, tmp_path, capsys):
     directory, model, encoder = tiny_dir
     out = tmp_path / "images"
-    code = _run(["generate", "--model", str(directory), "--prompt", "A red circle.", "--n", "3",
-                 "--cfg", "4", "--temperature", "0.9", "--seed", "5", "--out", str(out)])
+    code = _run(
+        [
+            "generate",
+            "--model",
+            str(directory),
+            "--prompt",
+            "A red circle.",
+            "--n",
+            "3",
+            "--cfg",
+            "4",
+            "--temperature",
+            "0.9",
+            "--seed",
+            "5",
+            "--out",
+            str(out),
+        ]
+    )
     assert code == 0, capsys.readouterr()
     size = model.config.vq.image_size
     written = np.stack([np.asarray(Image.open(out / f"{i:03d}.png")) for i in range(3)])
@@ -87,8 +104,20 @@ def test_answer_prints_the_decoded_greedy_answer(tiny_dir, tmp_path, capsys):
     pixels = np.random.default_rng(0).integers(0, 256, size=(20, 40, 3), dtype=np.uint8)
     Image.fromarray(pixels).save(picture)
     question = "What colour is the circle?"
-    code = _run(["answer", "--model", str(directory), "--image", str(picture), "--question",
-                 question, "--max-new-tokens", "12", "--greedy"])
+    code = _run(
+        [
+            "answer",
+            "--model",
+            str(directory),
+            "--image",
+            str(picture),
+            "--question",
+            question,
+            "--max-new-tokens",
+            "12",
+            "--greedy",
+        ]
+    )
     captured = capsys.readouterr()
     assert code == 0, captured
     ids = jnp.asarray(encoder.understanding_ids(question)[None])
@@ -97,8 +126,13 @@ def test_answer_prints_the_decoded_greedy_answer(tiny_dir, tmp_path, capsys):
     )
     image = images.load_and_preprocess(picture, model.config.vision.image_size)
     rollout = text_rollout.sample_text_jit(
-        model, ids, jnp.ones(ids.shape, bool), jnp.asarray(image[None]), None,
-        jax.random.key(0), settings,
+        model,
+        ids,
+        jnp.ones(ids.shape, bool),
+        jnp.asarray(image[None]),
+        None,
+        jax.random.key(0),
+        settings,
     )
     tokens = np.asarray(rollout.tokens[0, : int(rollout.lengths[0])]).tolist()
     want = encoder.tokenizer.decode(tokens, skip_special_tokens=True).strip()
@@ -108,12 +142,40 @@ def test_answer_prints_the_decoded_greedy_answer(tiny_dir, tmp_path, capsys):
 
 def test_bad_inputs_fail_with_a_message(tiny_dir, tmp_path, capsys):
     directory, _, _ = tiny_dir
-    assert _run(["generate", "--model", str(tmp_path), "--prompt", "x", "--out",
-                 str(tmp_path / "o")]) == 2
+    assert (
+        _run(["generate", "--model", str(tmp_path), "--prompt", "x", "--out", str(tmp_path / "o")])
+        == 2
+    )
     assert "not an Orbax model directory" in capsys.readouterr().out
-    assert _run(["answer", "--model", str(directory), "--image", str(tmp_path / "missing.png"),
-                 "--question", "Why?"]) == 2
+    assert (
+        _run(
+            [
+                "answer",
+                "--model",
+                str(directory),
+                "--image",
+                str(tmp_path / "missing.png"),
+                "--question",
+                "Why?",
+            ]
+        )
+        == 2
+    )
     assert "missing.png" in capsys.readouterr().out
-    assert _run(["generate", "--model", str(directory), "--prompt", "x", "--temperature", "0",
-                 "--out", str(tmp_path / "o")]) == 2
+    assert (
+        _run(
+            [
+                "generate",
+                "--model",
+                str(directory),
+                "--prompt",
+                "x",
+                "--temperature",
+                "0",
+                "--out",
+                str(tmp_path / "o"),
+            ]
+        )
+        == 2
+    )
     assert "temperature" in capsys.readouterr().out

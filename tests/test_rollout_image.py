@@ -41,8 +41,8 @@ def _left_pad(prompts):
     ids = np.full((len(prompts), length), PAD, np.int32)
     mask = np.zeros(ids.shape, bool)
     for i, p in enumerate(prompts):
-        ids[i, length - len(p):] = p
-        mask[i, length - len(p):] = True
+        ids[i, length - len(p) :] = p
+        mask[i, length - len(p) :] = True
     return ids, mask
 
 
@@ -92,16 +92,23 @@ def test_greedy_cfg_parity_with_transformers_generate_image_mode(models):
     hf, model = models
     ids = np.stack([_prompt(9, seed=2), _prompt(9, seed=3)])
     config = transformers.GenerationConfig(
-        max_new_tokens=P, do_sample=False, guidance_scale=3.0, bos_token_id=BOS, pad_token_id=PAD,
+        max_new_tokens=P,
+        do_sample=False,
+        guidance_scale=3.0,
+        bos_token_id=BOS,
+        pad_token_id=PAD,
         generation_kwargs={"boi_token_id": BOI},
     )
     with torch.no_grad():
         want = hf.generate(
-            torch.from_numpy(ids).long(), attention_mask=torch.ones(ids.shape, dtype=torch.long),
-            generation_config=config, generation_mode="image",
+            torch.from_numpy(ids).long(),
+            attention_mask=torch.ones(ids.shape, dtype=torch.long),
+            generation_config=config,
+            generation_mode="image",
         ).numpy()
-    got = _rollout(model, ids, np.ones(ids.shape, bool),
-                   ImageSettings(pad_id=PAD, cfg_weight=3.0, greedy=True))
+    got = _rollout(
+        model, ids, np.ones(ids.shape, bool), ImageSettings(pad_id=PAD, cfg_weight=3.0, greedy=True)
+    )
     np.testing.assert_array_equal(got.tokens, want)
     assert all(len(set(row)) > 4 for row in got.tokens)
 
@@ -117,15 +124,21 @@ def test_sampled_log_probs_parity_with_teacher_forced_forward(models):
     feedback = np.repeat(got.tokens[:, :-1], 2, axis=0)
     with torch.no_grad():
         lm = hf.model.language_model
-        embeds = torch.cat([
-            lm.get_input_embeddings()(torch.from_numpy(cfg_ids).long()),
-            hf.prepare_embeddings_for_image_generation(torch.from_numpy(feedback).long()),
-        ], dim=1)
+        embeds = torch.cat(
+            [
+                lm.get_input_embeddings()(torch.from_numpy(cfg_ids).long()),
+                hf.prepare_embeddings_for_image_generation(torch.from_numpy(feedback).long()),
+            ],
+            dim=1,
+        )
         full_mask = np.concatenate([cfg_mask, np.ones(feedback.shape, bool)], axis=1)
         positions = np.maximum(np.cumsum(full_mask, axis=1) - 1, 0)
-        hidden = lm(inputs_embeds=embeds, attention_mask=torch.from_numpy(full_mask).long(),
-                    position_ids=torch.from_numpy(positions).long()).last_hidden_state
-        logits = hf.model.generation_head(hidden[:, ids.shape[1] - 1:]).numpy()
+        hidden = lm(
+            inputs_embeds=embeds,
+            attention_mask=torch.from_numpy(full_mask).long(),
+            position_ids=torch.from_numpy(positions).long(),
+        ).last_hidden_state
+        logits = hf.model.generation_head(hidden[:, ids.shape[1] - 1 :]).numpy()
     cond, uncond = logits[0::2], logits[1::2]
     guided = uncond + 2.5 * (cond - uncond)
 
@@ -143,10 +156,15 @@ def test_sampled_log_probs_parity_with_teacher_forced_forward(models):
 def test_unconditional_prompt_is_bos_pads_boi_in_graph():
     ids, mask = _left_pad([np.array([BOS, 20, 21, 22, BOI]), np.array([BOS, 30, BOI])])
     cfg_ids, cfg_mask = (np.array(x) for x in image_rollout.cfg_batch(ids, mask, PAD))
-    np.testing.assert_array_equal(cfg_ids, [
-        [BOS, 20, 21, 22, BOI], [BOS, PAD, PAD, PAD, BOI],
-        [PAD, PAD, BOS, 30, BOI], [PAD, PAD, BOS, PAD, BOI],
-    ])
+    np.testing.assert_array_equal(
+        cfg_ids,
+        [
+            [BOS, 20, 21, 22, BOI],
+            [BOS, PAD, PAD, PAD, BOI],
+            [PAD, PAD, BOS, 30, BOI],
+            [PAD, PAD, BOS, PAD, BOI],
+        ],
+    )
     np.testing.assert_array_equal(cfg_mask, np.repeat(mask, 2, axis=0))
 
 
@@ -164,7 +182,8 @@ def test_same_key_same_images_rows_independent_and_sharded(models, mesh):
     assert (a.tokens != c.tokens).any()
     sharded = sharding.shard_module(model, mesh)
     put = lambda x: jax.device_put(  # noqa: E731
-        jnp.asarray(x), jax.NamedSharding(mesh, sharding.logical_to_spec(("batch",))))
+        jnp.asarray(x), jax.NamedSharding(mesh, sharding.logical_to_spec(("batch",)))
+    )
     with jax.set_mesh(mesh):
         out = sample_images_jit(sharded, put(ids), put(mask), jax.random.key(3), settings)
     assert len(out.tokens.sharding.device_set) == 8

@@ -34,8 +34,8 @@ def _prompts(rows=2, seed=0):
     ids = np.full((rows, length), PAD, np.int32)
     mask = np.zeros((rows, length), bool)
     for i, seq in enumerate(seqs):
-        ids[i, length - len(seq):] = seq
-        mask[i, length - len(seq):] = True
+        ids[i, length - len(seq) :] = seq
+        mask[i, length - len(seq) :] = True
     size = CONFIG.vision.image_size
     pixels = rng.uniform(-1, 1, size=(rows, size, size, 3)).astype(np.float32)
     return ids, mask, pixels
@@ -43,8 +43,13 @@ def _prompts(rows=2, seed=0):
 
 def _rollout(model, ids, mask, pixels, settings, seed=0):
     out = sample_text_jit(
-        model, jnp.asarray(ids), jnp.asarray(mask), jnp.asarray(pixels), None,
-        jax.random.key(seed), settings,
+        model,
+        jnp.asarray(ids),
+        jnp.asarray(mask),
+        jnp.asarray(pixels),
+        None,
+        jax.random.key(seed),
+        settings,
     )
     return jax.tree.map(np.asarray, out)
 
@@ -56,11 +61,16 @@ def hf_greedy(models):
     ids, mask, pixels = _prompts()
     with torch.no_grad():
         out = hf.generate(
-            input_ids=torch.from_numpy(ids).long(), attention_mask=torch.from_numpy(mask).long(),
-            pixel_values=reference.to_torch_pixels(pixels), max_new_tokens=NEW, do_sample=False,
-            eos_token_id=None, pad_token_id=PAD, bos_token_id=BOS,
+            input_ids=torch.from_numpy(ids).long(),
+            attention_mask=torch.from_numpy(mask).long(),
+            pixel_values=reference.to_torch_pixels(pixels),
+            max_new_tokens=NEW,
+            do_sample=False,
+            eos_token_id=None,
+            pad_token_id=PAD,
+            bos_token_id=BOS,
         )
-    return out[:, ids.shape[1]:].numpy()
+    return out[:, ids.shape[1] :].numpy()
 
 
 def _unused_token(tokens):
@@ -71,8 +81,9 @@ def test_greedy_text_parity_with_transformers_generate(models, hf_greedy):
     _, model = models
     assert hf_greedy.shape == (2, NEW)
     eos = _unused_token(hf_greedy)  # never produced: every row runs all NEW steps
-    got = _rollout(model, *_prompts(), TextSettings(eos_id=eos, pad_id=PAD, max_new_tokens=NEW,
-                                                    greedy=True))
+    got = _rollout(
+        model, *_prompts(), TextSettings(eos_id=eos, pad_id=PAD, max_new_tokens=NEW, greedy=True)
+    )
     np.testing.assert_array_equal(got.tokens, hf_greedy)
     assert got.mask.all() and (got.lengths == NEW).all()
 
@@ -84,8 +95,9 @@ def test_eos_stops_each_row_and_masks_the_rest(models, hf_greedy, eos_row):
         eos = next(int(t) for t in hf_greedy[0, 1:] if t not in hf_greedy[1])
     else:
         eos = next(int(t) for t in hf_greedy[0, 1:] if t in hf_greedy[1])
-    got = _rollout(model, *_prompts(), TextSettings(eos_id=eos, pad_id=PAD, max_new_tokens=NEW,
-                                                    greedy=True))
+    got = _rollout(
+        model, *_prompts(), TextSettings(eos_id=eos, pad_id=PAD, max_new_tokens=NEW, greedy=True)
+    )
     for row in range(2):
         hits = np.flatnonzero(hf_greedy[row] == eos)
         length = hits[0] + 1 if len(hits) else NEW
@@ -102,24 +114,35 @@ def test_sampled_log_probs_parity_with_teacher_forced_forward(models):
     """Rollout log-probs = log-softmax of the sampling rule on a teacher-forced torch forward."""
     hf, model = models
     ids, mask, pixels = _prompts(rows=3, seed=1)
-    settings = TextSettings(eos_id=1, pad_id=PAD, max_new_tokens=24,
-                            temperature=0.7, top_k=50, top_p=0.9)
+    settings = TextSettings(
+        eos_id=1, pad_id=PAD, max_new_tokens=24, temperature=0.7, top_k=50, top_p=0.9
+    )
     got = _rollout(model, ids, mask, pixels, settings, seed=3)
     full_ids = np.concatenate([ids, got.tokens], axis=1)
     full_mask = np.concatenate([mask, got.mask], axis=1)
-    with torch.no_grad():
-        logits = hf(
-            input_ids=torch.from_numpy(full_ids).long(),
+    positions = np.array(positions_from_mask(full_mask))
+    with torch.no_grad():  # image features merged by hand: a sampled token may equal the image id
+        embeds = hf.model.get_input_embeddings()(torch.from_numpy(full_ids).long())
+        features = hf.model.get_image_features(reference.to_torch_pixels(pixels)).pooler_output
+        slots = torch.zeros(full_ids.shape, dtype=torch.bool)
+        slots[:, : ids.shape[1]] = torch.from_numpy(ids == CONFIG.image_token_id)
+        embeds[slots] = features.reshape(-1, features.shape[-1])
+        hidden = hf.model.language_model(
+            inputs_embeds=embeds,
             attention_mask=torch.from_numpy(full_mask).long(),
-            position_ids=torch.from_numpy(np.array(positions_from_mask(full_mask))).long(),
-            pixel_values=reference.to_torch_pixels(pixels),
-        ).logits.numpy()
+            position_ids=torch.from_numpy(positions).long(),
+        ).last_hidden_state
+        logits = hf.lm_head(hidden).numpy()
     s = ids.shape[1]
-    want = np.asarray(sampling.token_log_probs(
-        jnp.asarray(logits[:, s - 1:-1]), jnp.asarray(got.tokens), settings.rule
-    ))
-    print(f"max|log-prob diff| = {np.abs(got.log_probs - want)[got.mask].max():.2e} over "
-          f"{got.mask.sum()} tokens")
+    want = np.asarray(
+        sampling.token_log_probs(
+            jnp.asarray(logits[:, s - 1 : -1]), jnp.asarray(got.tokens), settings.rule
+        )
+    )
+    print(
+        f"max|log-prob diff| = {np.abs(got.log_probs - want)[got.mask].max():.2e} over "
+        f"{got.mask.sum()} tokens"
+    )
     assert np.isfinite(got.log_probs).all()
     np.testing.assert_allclose(got.log_probs[got.mask], want[got.mask], atol=2e-5, rtol=1e-5)
 
@@ -147,10 +170,12 @@ def test_sharded_rollout_equals_unsharded_on_mesh(models, mesh):
     want = _rollout(model, ids, mask, pixels, settings, seed=5)
     sharded = sharding.shard_module(model, mesh)
     put = lambda x: jax.device_put(  # noqa: E731
-        jnp.asarray(x), jax.NamedSharding(mesh, sharding.logical_to_spec(("batch",))))
+        jnp.asarray(x), jax.NamedSharding(mesh, sharding.logical_to_spec(("batch",)))
+    )
     with jax.set_mesh(mesh):
-        out = sample_text_jit(sharded, put(ids), put(mask), put(pixels), None,
-                              jax.random.key(5), settings)
+        out = sample_text_jit(
+            sharded, put(ids), put(mask), put(pixels), None, jax.random.key(5), settings
+        )
     assert len(out.tokens.sharding.device_set) == 8
     np.testing.assert_array_equal(np.asarray(out.tokens), want.tokens)
     np.testing.assert_allclose(np.asarray(out.log_probs), want.log_probs, atol=1e-5)
@@ -175,3 +200,18 @@ def test_sampling_rule_filters_match_numpy():
         sampling.SamplingRule(top_p=0.0)
     with pytest.raises(ValueError, match="max_new_tokens"):
         TextSettings(eos_id=1, pad_id=0, max_new_tokens=0)
+
+
+def test_sampler_frequencies_follow_the_sampling_distribution():
+    """200k draws from one row (V = 600, two blocks of the inverse CDF, a top-k hole)."""
+    logits = np.random.default_rng(1).normal(size=(1, 600)).astype(np.float32) * 2
+    rule = sampling.SamplingRule(temperature=1.3, top_k=400)
+    n = 200_000
+    tokens, log_probs = sampling.sample(
+        jnp.tile(jnp.asarray(logits), (n, 1)), sampling.row_keys(jax.random.key(1), n), rule
+    )
+    want = np.asarray(jax.nn.softmax(sampling.filtered_logits(jnp.asarray(logits[0]), rule)))
+    freq = np.bincount(np.asarray(tokens), minlength=600) / n
+    assert (freq[want == 0] == 0).all() and (want == 0).sum() == 200
+    assert np.abs(freq - want).max() < 4 * np.sqrt(want.max() / n)
+    np.testing.assert_allclose(np.exp(np.asarray(log_probs)), want[np.asarray(tokens)], rtol=1e-5)

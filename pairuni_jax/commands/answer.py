@@ -38,8 +38,11 @@ def run(args: argparse.Namespace) -> int:
     from pairuni_jax.rollout import text as text_rollout
 
     settings_kw = dict(
-        max_new_tokens=args.max_new_tokens, temperature=args.temperature, top_k=args.top_k,
-        top_p=args.top_p, greedy=args.greedy,
+        max_new_tokens=args.max_new_tokens,
+        temperature=args.temperature,
+        top_k=args.top_k,
+        top_p=args.top_p,
+        greedy=args.greedy,
     )
     try:
         text_rollout.TextSettings(eos_id=0, pad_id=0, **settings_kw)  # validate before loading
@@ -55,8 +58,13 @@ def run(args: argparse.Namespace) -> int:
     )
     input_ids = jnp.asarray(ids[None])
     rollout = text_rollout.sample_text_jit(
-        model, input_ids, jnp.ones(input_ids.shape, bool), jnp.asarray(pixels[None]),
-        input_ids == encoder.ids.image, jax.random.key(args.seed), settings,
+        model,
+        input_ids,
+        jnp.ones(input_ids.shape, bool),
+        jnp.asarray(pixels[None]),
+        input_ids == encoder.ids.image,
+        jax.random.key(args.seed),
+        settings,
     )
     tokens = np.asarray(rollout.tokens[0, : int(rollout.lengths[0])])
     print(encoder.tokenizer.decode(tokens.tolist(), skip_special_tokens=True).strip())

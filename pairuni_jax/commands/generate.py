@@ -39,7 +39,7 @@ def grid(images: np.ndarray) -> np.ndarray:
     canvas = np.zeros((rows * size, columns * size, images.shape[3]), np.uint8)
     for i, image in enumerate(images):
         r, c = divmod(i, columns)
-        canvas[r * size:(r + 1) * size, c * size:(c + 1) * size] = image
+        canvas[r * size : (r + 1) * size, c * size : (c + 1) * size] = image
     return canvas
 
 
@@ -66,16 +66,21 @@ def run(args: argparse.Namespace) -> int:
     settings = image_rollout.ImageSettings(pad_id=loaded.encoder.ids.pad, **settings_kw)
     input_ids = jnp.asarray(np.tile(ids, (args.n, 1)))
     num_tokens = model.config.num_generated_image_tokens
-    print(f"sampling {args.n} image(s) x {num_tokens} tokens (cfg {args.cfg}, "
-          f"{'greedy' if args.greedy else f'temperature {args.temperature}'})...", flush=True)
+    print(
+        f"sampling {args.n} image(s) x {num_tokens} tokens (cfg {args.cfg}, "
+        f"{'greedy' if args.greedy else f'temperature {args.temperature}'})...",
+        flush=True,
+    )
     start = time.perf_counter()
     rollout = image_rollout.sample_images_jit(
         model, input_ids, jnp.ones(input_ids.shape, bool), jax.random.key(args.seed), settings
     )
     images = np.asarray(nnx.jit(image_rollout.decode_images)(model, rollout.tokens))
     seconds = time.perf_counter() - start
-    print(f"sampled and decoded in {seconds:.1f} s including compilation "
-          f"({args.n * num_tokens / seconds:.0f} tokens/s)")
+    print(
+        f"sampled and decoded in {seconds:.1f} s including compilation "
+        f"({args.n * num_tokens / seconds:.0f} tokens/s)"
+    )
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
     for i, image in enumerate(images):

@@ -24,7 +24,9 @@ DTYPES = {"fp32": jnp.float32, "bf16": jnp.bfloat16}
 def add_model_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--model", required=True, help="Orbax model directory (with tokenizer)")
     parser.add_argument(
-        "--dtype", choices=sorted(DTYPES), default=None,
+        "--dtype",
+        choices=sorted(DTYPES),
+        default=None,
         help="compute dtype (default: fp32 on CPU, bf16 on accelerators)",
     )
     parser.add_argument("--seed", type=int, default=0, help="PRNG seed (same seed, same output)")

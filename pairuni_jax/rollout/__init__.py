@@ -11,7 +11,15 @@ from pairuni_jax.rollout.sampling import SamplingRule, token_log_probs
 from pairuni_jax.rollout.text import TextRollout, TextSettings, sample_text, sample_text_jit
 
 __all__ = [
-    "ImageRollout", "ImageSettings", "SamplingRule", "TextRollout", "TextSettings",
-    "decode_images", "sample_images", "sample_images_jit", "sample_text", "sample_text_jit",
+    "ImageRollout",
+    "ImageSettings",
+    "SamplingRule",
+    "TextRollout",
+    "TextSettings",
+    "decode_images",
+    "sample_images",
+    "sample_images_jit",
+    "sample_text",
+    "sample_text_jit",
     "token_log_probs",
 ]

@@ -28,7 +28,10 @@ def constrain_cache(cache: KVCache) -> KVCache:
 
 
 def prefill(
-    model: Janus, embeds: Array, prompt_mask: Array, cache_length: int,
+    model: Janus,
+    embeds: Array,
+    prompt_mask: Array,
+    cache_length: int,
 ) -> tuple[Array, KVCache]:
     """Runs the left-padded prompt through the LLM into a fresh cache.
 
@@ -44,7 +47,10 @@ def prefill(
 
 
 def decode_step(
-    model: Janus, embeds: Array, positions: Array, cache: KVCache,
+    model: Janus,
+    embeds: Array,
+    positions: Array,
+    cache: KVCache,
 ) -> tuple[Array, KVCache]:
     """One new position per row: embeds [B, H], positions int32[B] → hidden [B, H], cache."""
     ones = jnp.ones((embeds.shape[0], 1), bool)

@@ -95,7 +95,11 @@ def guided_logits(logits: Array, cfg_weight: float) -> tuple[Array, Array]:
 
 
 def sample_images(
-    model: Janus, input_ids: Array, prompt_mask: Array, rng: Array, settings: ImageSettings,
+    model: Janus,
+    input_ids: Array,
+    prompt_mask: Array,
+    rng: Array,
+    settings: ImageSettings,
 ) -> ImageRollout:
     """Samples one image (P tokens) per prompt row with CFG.
 
@@ -107,11 +111,14 @@ def sample_images(
     num_tokens = model.config.num_generated_image_tokens
     rule = settings.rule
     ids, mask = cfg_batch(
-        constrain(input_ids, "batch", "length"), constrain(prompt_mask, "batch", "length"),
+        constrain(input_ids, "batch", "length"),
+        constrain(prompt_mask, "batch", "length"),
         settings.pad_id,
     )
     hidden, cache = cache_lib.prefill(
-        model, model.embed(constrain(ids, "batch", "length")), constrain(mask, "batch", "length"),
+        model,
+        model.embed(constrain(ids, "batch", "length")),
+        constrain(mask, "batch", "length"),
         ids.shape[1] + num_tokens - 1,
     )
     next_positions = jnp.repeat(jnp.sum(prompt_mask, axis=-1, dtype=jnp.int32), 2)

@@ -77,12 +77,36 @@ def sample(logits: Array, keys: Array, rule: SamplingRule) -> tuple[Array, Array
     Returns tokens int32[B] and their log-probs float32[B] under the sampling distribution.
     """
     x = filtered_logits(logits, rule)
+    log_probs = jax.nn.log_softmax(x, axis=-1)
     if rule.greedy:
         tokens = jnp.argmax(x, axis=-1).astype(jnp.int32)
     else:
-        tokens = jax.vmap(jax.random.categorical)(keys, x).astype(jnp.int32)
-    log_probs = jax.nn.log_softmax(x, axis=-1)
+        uniform = 1.0 - jax.vmap(jax.random.uniform)(keys)  # in (0, 1]
+        tokens = inverse_cdf(jnp.exp(log_probs), uniform)
     return tokens, jnp.take_along_axis(log_probs, tokens[:, None], axis=-1)[:, 0]
+
+
+def inverse_cdf(probs: Array, uniform: Array, block: int = 256) -> Array:
+    """The first token whose cumulative probability reaches ``uniform`` × total, per row.
+
+    probs: float32[B, V] ≥ 0; uniform: float32[B] in (0, 1]. Returns int32[B]; a token of zero
+    probability is never returned. One uniform per row instead of V Gumbel draws (the categorical
+    sampler's cost on CPU); two levels (blocks of ``block`` tokens, then inside the block) keep the
+    cumulative sums short.
+    """
+    b, v = probs.shape
+    num_blocks = -(-v // block)
+    blocks = jnp.pad(probs, ((0, 0), (0, num_blocks * block - v))).reshape(b, num_blocks, block)
+    sums = jnp.sum(blocks, axis=-1)
+    cumulative = jnp.cumsum(sums, axis=-1)
+    target = uniform * cumulative[:, -1]
+    chosen = jnp.minimum(jnp.sum(cumulative < target[:, None], axis=-1), num_blocks - 1)
+    before = jnp.take_along_axis(cumulative - sums, chosen[:, None], axis=-1)[:, 0]
+    inside = jnp.take_along_axis(blocks, chosen[:, None, None], axis=1)[:, 0]
+    within = jnp.sum(jnp.cumsum(inside, axis=-1) < (target - before)[:, None], axis=-1)
+    # Rounding can overshoot the block's last token of non-zero probability: stop there.
+    last = block - 1 - jnp.argmax(inside[:, ::-1] > 0, axis=-1)
+    return (chosen * block + jnp.minimum(within, last)).astype(jnp.int32)
 
 
 def row_keys(rng: Array, batch: int) -> Array:

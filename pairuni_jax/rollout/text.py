@@ -107,8 +107,13 @@ def sample_text(
     token, log_prob = pick(hidden, 0, jnp.zeros((batch,), bool))
     tokens = jnp.full((batch, n), settings.pad_id, jnp.int32).at[:, 0].set(token)
     log_probs = jnp.zeros((batch, n), jnp.float32).at[:, 0].set(log_prob)
-    state = (jnp.ones((), jnp.int32), constrain(tokens, "batch", None), log_probs,
-             token == settings.eos_id, cache)
+    state = (
+        jnp.ones((), jnp.int32),
+        constrain(tokens, "batch", None),
+        log_probs,
+        token == settings.eos_id,
+        cache,
+    )
 
     def cond(state):
         step, _, _, done, _ = state
@@ -128,7 +133,9 @@ def sample_text(
     _, tokens, log_probs, _, _ = jax.lax.while_loop(cond, body, state)
     mask = completion_mask(tokens, settings.eos_id)
     return TextRollout(
-        tokens=tokens, log_probs=jnp.where(mask, log_probs, 0.0), mask=mask,
+        tokens=tokens,
+        log_probs=jnp.where(mask, log_probs, 0.0),
+        mask=mask,
         lengths=jnp.sum(mask, axis=-1, dtype=jnp.int32),
     )
 
