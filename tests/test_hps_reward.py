@@ -128,3 +128,13 @@ def test_sharded_score_and_registry(models, token_ids, mesh):
         total, parts = generation(sharded, pixels, ids)
     np.testing.assert_allclose(np.asarray(parts["hps"]), np.asarray(want), atol=1e-6, rtol=0)
     np.testing.assert_allclose(np.asarray(total), 2 * np.asarray(want), atol=2e-6, rtol=0)
+
+
+def test_bf16_compute_stays_close_to_fp32(models, token_ids):
+    reference, model = models
+    bf16 = jax_clip_from(reference, CLIPConfig.tiny(), dtype=jnp.bfloat16)
+    pixels = np.random.default_rng(5).uniform(-1, 1, (2, 384, 384, 3)).astype(np.float32)
+    want = jax.jit(hps_score)(model, pixels, text_ids=token_ids)
+    got = jax.jit(hps_score)(bf16, pixels, text_ids=token_ids)
+    assert got.dtype == jnp.float32
+    np.testing.assert_allclose(np.asarray(got), np.asarray(want), atol=1e-2, rtol=0)

@@ -17,10 +17,9 @@ from jax.sharding import Mesh, SingleDeviceSharding
 
 from pairuni_jax import sharding
 from pairuni_jax.checkpoint import model_dir
+from pairuni_jax.checkpoint.hpsv2 import REWARD_KIND
 from pairuni_jax.models.clip import CLIP, CLIPConfig
 from pairuni_jax.rewards.preprocess import janus_to_clip
-
-REWARD_KIND = "hpsv2"
 
 
 def l2_normalize(x: jax.Array) -> jax.Array:
