@@ -16,7 +16,7 @@ from pairuni_jax.checkpoint import hpsv2, model_dir
 from pairuni_jax.commands import convert as convert_command
 from pairuni_jax.models.clip import CLIPConfig
 from pairuni_jax.rewards import clip_text
-from pairuni_jax.rewards.hps import hps_score, load_reward_model
+from pairuni_jax.rewards.hps import hps_score, load_reward_model, prompt_features
 from tests.clip_reference import TINY, reference_hps, tiny_open_clip
 
 TOKENIZER_PROMPTS = [
@@ -167,3 +167,14 @@ def test_reward_dir_kind_is_checked(tmp_path):
     )
     with pytest.raises(model_dir.NotAModelDirError, match="expected 'hpsv2'"):
         load_reward_model(other)
+
+
+def test_encode_prompts_matches_in_graph_features(reward_dir):
+    model = load_reward_model(reward_dir)
+    tokenizer = clip_text.load_clip_tokenizer(reward_dir)
+    prompts = TOKENIZER_PROMPTS[:3]
+    got = clip_text.encode_prompts(model, tokenizer, prompts, batch_size=2)  # padded last batch
+    want = prompt_features(model, clip_text.clip_token_ids(tokenizer, prompts))
+    assert got.shape == (3, 32) and got.dtype == np.float32
+    np.testing.assert_allclose(got, np.asarray(want), atol=1e-6, rtol=0)
+    np.testing.assert_allclose(np.linalg.norm(got, axis=-1), 1.0, atol=1e-6)
