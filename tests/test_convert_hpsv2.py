@@ -130,12 +130,14 @@ def test_errors_name_the_bad_keys_and_shapes(source, tmp_path):
     del state["visual.ln_post.bias"]
     state["visual.extra.weight"] = torch.zeros(3)
     state["transformer.resblocks.1.mlp.c_fc.weight"] = torch.zeros(7, 48)
+    state["visual.proj"] = state["visual.proj"].long()
     with pytest.raises(hpsv2.CheckpointMismatchError) as info:
         hpsv2.convert_state_dict(state, config)
     message = str(info.value)
     assert "missing keys (1): visual.ln_post.bias" in message
     assert "unexpected keys (1): visual.extra.weight" in message
     assert "transformer.resblocks.1.mlp.c_fc.weight: shape [7, 48], expected [192, 48]" in message
+    assert "visual.proj: dtype torch.int64, expected floating point" in message
 
     with pytest.raises(hpsv2.CheckpointMismatchError) as info:
         hpsv2.convert_state_dict(_state(model), CLIPConfig.vit_h_14())

@@ -205,6 +205,8 @@ def _check(state: Mapping[str, Any], config: CLIPConfig, targets: dict[str, Any]
         got = tuple(state[key].shape)
         if got != want:
             problems.append(f"{key}: shape {list(got)}, expected {list(want)}")
+        if not np.issubdtype(_dtype(state[key]), np.floating):
+            problems.append(f"{key}: dtype {state[key].dtype}, expected floating point")
     if problems:
         raise CheckpointMismatchError(
             f"state dict does not match CLIP config {config}:\n  " + "\n  ".join(problems)
@@ -217,11 +219,15 @@ def _listing(keys: list[str], limit: int = 12) -> str:
 
 
 def _to_numpy(tensor: Any) -> np.ndarray:
-    if hasattr(tensor, "detach"):
-        if not tensor.is_floating_point():
-            raise CheckpointMismatchError(f"expected a floating-point tensor, got {tensor.dtype}")
+    if hasattr(tensor, "detach"):  # torch
         return tensor.detach().float().numpy()
     return np.asarray(tensor, dtype=np.float32)
+
+
+def _dtype(tensor: Any) -> np.dtype:
+    if hasattr(tensor, "is_floating_point"):  # torch (bf16 has no NumPy dtype)
+        return np.dtype(np.float32 if tensor.is_floating_point() else np.int64)
+    return np.asarray(tensor).dtype
 
 
 def _leaf(tree: Mapping[str, Any], path: tuple[str, ...]) -> Any:
