@@ -13,8 +13,11 @@ import sys
 from collections.abc import Sequence
 
 COMMAND_MODULES = (
-    "pairuni_jax.commands.data",
+    "pairuni_jax.commands.train",
     "pairuni_jax.commands.convert",
+    "pairuni_jax.commands.generate",
+    "pairuni_jax.commands.answer",
+    "pairuni_jax.commands.data",
 )
 
 

@@ -11,6 +11,7 @@ from transformers import AutoTokenizer
 from pairuni_jax import sharding
 from pairuni_jax.data.pipeline import TINY_TOKENIZER
 from pairuni_jax.models.clip import CLIP, CLIPConfig
+from pairuni_jax.models.random_init import random_module
 from pairuni_jax.rewards.accuracy import OptionLetterTable
 from pairuni_jax.rewards.registry import RewardWeights
 from pairuni_jax.rl import advantages as adv_lib
@@ -19,7 +20,7 @@ from tests import train_fixtures as fx
 
 
 def _real_rewards():
-    hps = CLIP(CLIPConfig.tiny(), rngs=nnx.Rngs(1))
+    hps = random_module(lambda: CLIP(CLIPConfig.tiny(), rngs=nnx.Rngs(0)), seed=1)
     letters = OptionLetterTable.from_tokenizer(
         AutoTokenizer.from_pretrained(TINY_TOKENIZER), vocab_size=fx.CONFIG.text.vocab_size
     )
@@ -95,13 +96,13 @@ def test_learn_raises_both_rewards_above_noise():
     v, c = fx.CONFIG.text.vocab_size, fx.CONFIG.vq.num_embeddings
     und_fn, gen_fn = fx.low_token_rewards(v // 2, c // 2)
     config = fx.grpo_config(
-        rollout=fx.RolloutConfig(num_und_rollouts=4, num_gen_rollouts=4, max_new_tokens=8)
+        rollout=fx.RolloutConfig(num_und_rollouts=8, num_gen_rollouts=4, max_new_tokens=8)
     )
     step, state = fx.build_step(config, und_fn, gen_fn, lr=1e-2)
     batch = fx.as_jax(fx.synthetic_batch(2))
     start = _reward_means(step, state, batch, [jax.random.key(100 + i) for i in range(4)])
     noise = start.std(axis=0)
-    num_steps = 15
+    num_steps = 20
     for i in range(num_steps):
         state, _ = step(state, batch, jax.random.key(i))
     end = _reward_means(step, state, batch, [jax.random.key(200 + i) for i in range(4)])

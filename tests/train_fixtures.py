@@ -10,6 +10,7 @@ import numpy as np
 from flax import nnx
 
 from pairuni_jax.models.janus import Janus, JanusConfig
+from pairuni_jax.models.random_init import random_module
 from pairuni_jax.rl import optimizer as opt_lib
 from pairuni_jax.rl.train_step import GRPOConfig, RolloutConfig, TrainStep, init_train_state
 from pairuni_jax.rollout.image import ImageSettings
@@ -74,7 +75,8 @@ def build_step(
     seed=0,
     model: Janus | None = None,
 ):
-    model = model if model is not None else Janus(CONFIG, rngs=nnx.Rngs(seed))
+    if model is None:
+        model = random_module(lambda: Janus(CONFIG, rngs=nnx.Rngs(0)), seed)
     opt_config = opt_lib.OptimizerConfig(learning_rate=lr, clip_norm=0.0)
     optimizer = opt_lib.make_optimizer(opt_config)
     graphdef, state = init_train_state(model, config, optimizer)

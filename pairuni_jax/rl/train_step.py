@@ -28,6 +28,7 @@ import optax
 from flax import nnx
 
 from pairuni_jax.models.janus import Janus
+from pairuni_jax.models.vq import to_uint8
 from pairuni_jax.rl import advantages as adv_lib
 from pairuni_jax.rl.loss import Aggregation, LossConfig, aggregate, policy_loss
 from pairuni_jax.rl.policy import ImageLogprob, answer_logprobs, image_logprobs
@@ -157,11 +158,15 @@ class TrainStep:
         self.reward_state = reward_state
         self.learning_rate = learning_rate
         self.jitted = jax.jit(self._step, donate_argnums=(0,))
+        self.last_samples: dict[str, Array] | None = None
 
     def __call__(
         self, state: TrainState, batch: Batch, rng: Array
     ) -> tuple[TrainState, dict[str, Array]]:
-        return self.jitted(state, batch, rng, self.reward_state)
+        """One step. The rollouts of the batch's first pair (images as uint8, answers, rewards)
+        stay on the device in ``self.last_samples`` until a caller reads them."""
+        state, metrics, self.last_samples = self.jitted(state, batch, rng, self.reward_state)
+        return state, metrics
 
     def lower(self, state, batch, rng):
         """Ahead-of-time lowering (for ``compiled.memory_analysis()`` and cost analysis)."""
@@ -265,7 +270,14 @@ class TrainStep:
             grad_norms[0],
             state.step,
         )
-        return new_state, metrics
+        samples = {
+            "images": to_uint8(pixels[:kg]),
+            "image_rewards": gen_reward[:kg],
+            "answers": text.tokens[:ku],
+            "answer_mask": text.mask[:ku],
+            "answer_rewards": und_reward[:ku],
+        }
+        return new_state, metrics, samples
 
     def _answer_logprobs(self, model: Janus, und: dict) -> tuple[Array, Array]:
         return answer_logprobs(

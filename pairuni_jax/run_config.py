@@ -1,0 +1,131 @@
+"""The ``pairuni train`` run config: every section a typed, frozen dataclass.
+
+The defaults are the embedded CPU demo (``configs/tiny.yaml`` spells them out): a tiny random
+Janus and a tiny random HPS model, the bundled tokenizers and the bundled synthetic pairs. A YAML
+file and ``key.sub=value`` overrides replace any field; ``load_run_config`` validates the result
+and names the offending field on error.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any
+
+from pairuni_jax import config as config_lib
+from pairuni_jax.data.pipeline import DataConfig
+from pairuni_jax.rl.optimizer import OptimizerConfig
+from pairuni_jax.rl.train_step import GRPOConfig, RolloutConfig
+from pairuni_jax.sharding import MeshConfig
+
+ASSETS = Path(__file__).parent / "assets"
+DTYPES = ("fp32", "bf16")
+
+
+@dataclasses.dataclass(frozen=True)
+class ModelSection:
+    """The policy: an Orbax model directory, a Hugging Face checkpoint directory (converted on the
+    fly), or, with ``path: null``, a random model of ``preset`` (the demo)."""
+
+    path: str | None = None
+    preset: str = "tiny"
+    init_seed: int = 0
+    tokenizer: str | None = None  # default: the model directory, or the bundled tiny tokenizer
+    dtype: str = "fp32"  # compute dtype: bf16 on accelerators
+    param_dtype: str = "fp32"
+    scan_layers: bool = True
+    remat: str = "full"  # none | full | dots, for the teacher-forced training forward
+
+    def __post_init__(self):
+        for name in ("dtype", "param_dtype"):
+            if getattr(self, name) not in DTYPES:
+                raise ValueError(f"{name} must be one of {DTYPES}, got {getattr(self, name)!r}")
+        if self.remat not in ("none", "full", "dots"):
+            raise ValueError(f"remat must be none, full or dots, got {self.remat!r}")
+
+
+@dataclasses.dataclass(frozen=True)
+class RewardSection:
+    """The HPS reward model (an Orbax reward directory from ``pairuni convert hpsv2``, or a random
+    tiny CLIP with ``path: null``) and the reward weights of each side."""
+
+    path: str | None = None
+    init_seed: int = 1
+    clip_tokenizer: str | None = None  # default: the reward directory, or the bundled CLIP files
+    dtype: str = "fp32"
+    understanding: dict[str, float] = dataclasses.field(
+        default_factory=lambda: {"accuracy": 1.0, "format": 0.0}
+    )
+    generation: dict[str, float] = dataclasses.field(default_factory=lambda: {"hps": 1.0})
+    answer_tag: tuple[str, ...] | None = None  # e.g. ["<answer>", "</answer>"]
+    option_letters: str = "ABCDEFGH"
+
+    def __post_init__(self):
+        if self.dtype not in DTYPES:
+            raise ValueError(f"dtype must be one of {DTYPES}, got {self.dtype!r}")
+        if self.answer_tag is not None and len(self.answer_tag) != 2:
+            raise ValueError(f"answer_tag must be [open, close], got {self.answer_tag!r}")
+
+
+@dataclasses.dataclass(frozen=True)
+class CheckpointSection:
+    every: int = 10  # steps between saves (and at the end)
+    keep: int = 3
+    async_save: bool = True
+
+
+@dataclasses.dataclass(frozen=True)
+class LoggingSection:
+    every: int = 1  # steps between metric lines
+    samples_every: int = 10  # steps between image grids / answer files
+    tensorboard: bool = True
+
+
+def demo_data() -> DataConfig:
+    return DataConfig.demo(image_size=32)
+
+
+@dataclasses.dataclass(frozen=True)
+class RunConfig:
+    run_dir: str = "runs/tiny"
+    steps: int = 20
+    seed: int = 0
+    distributed: bool | None = None  # None: initialise jax.distributed when launched multi-host
+    model: ModelSection = dataclasses.field(default_factory=ModelSection)
+    reward: RewardSection = dataclasses.field(default_factory=RewardSection)
+    data: DataConfig = dataclasses.field(default_factory=demo_data)
+    grpo: GRPOConfig = dataclasses.field(
+        default_factory=lambda: GRPOConfig(
+            rollout=RolloutConfig(num_und_rollouts=4, num_gen_rollouts=4, max_new_tokens=16)
+        )
+    )
+    optimizer: OptimizerConfig = dataclasses.field(
+        default_factory=lambda: OptimizerConfig(learning_rate=1e-4, total_steps=20)
+    )
+    mesh: MeshConfig = dataclasses.field(default_factory=MeshConfig)
+    checkpoint: CheckpointSection = dataclasses.field(default_factory=CheckpointSection)
+    logging: LoggingSection = dataclasses.field(default_factory=LoggingSection)
+
+    def __post_init__(self):
+        if self.steps < 1:
+            raise ValueError(f"steps must be >= 1, got {self.steps}")
+
+
+def load_run_config(paths: Sequence[str | Path] = (), overrides: Sequence[str] = ()) -> RunConfig:
+    """Defaults, then each YAML file in order (e.g. a model config, then a mesh preset), then
+    the ``key.sub=value`` overrides; validated."""
+    data: dict[str, Any] = config_lib.to_dict(RunConfig())
+    for path in paths:
+        data = _merge(data, config_lib.load_yaml(path))
+    return config_lib.build(RunConfig, config_lib.apply_overrides(data, overrides))
+
+
+def _merge(base: Any, update: Any) -> Any:
+    """``update`` over ``base``, recursively for mappings, so a file names only what changes."""
+    if isinstance(base, dict) and isinstance(update, dict):
+        out = dict(base)
+        for key, value in update.items():
+            out[key] = _merge(base[key], value) if key in base else value
+        return out
+    return update
