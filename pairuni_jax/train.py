@@ -22,6 +22,7 @@ from typing import Any
 import jax
 import jax.numpy as jnp
 import numpy as np
+import optax
 import orbax.checkpoint as ocp
 import yaml
 from flax import nnx
@@ -191,28 +192,7 @@ def setup(config: RunConfig) -> Run:
     graphdef, state = init_train_state(policy, config.grpo, optimizer)
     state = jax.device_put(state, sharding.tree_shardings(state, mesh))
     hps_graphdef, reward_state = rl_rewards.reward_state(hps, letters)
-    weights = RewardWeights(
-        understanding=config.reward.understanding, generation=config.reward.generation
-    )
-    r = config.grpo.rollout
-    step_fn = TrainStep(
-        graphdef,
-        config.grpo,
-        optimizer,
-        TextSettings(
-            eos_id=ids.eos,
-            pad_id=ids.pad,
-            max_new_tokens=r.max_new_tokens,
-            temperature=r.text_temperature,
-            top_k=r.top_k,
-            top_p=r.top_p,
-        ),
-        ImageSettings(pad_id=ids.pad, cfg_weight=r.cfg_weight, temperature=r.image_temperature),
-        rl_rewards.understanding_reward_fn(weights),
-        rl_rewards.generation_reward_fn(weights, hps_graphdef),
-        reward_state,
-        learning_rate=opt_lib.learning_rate_schedule(opt_config),
-    )
+    step_fn = make_train_step(config, graphdef, optimizer, hps_graphdef, reward_state, ids)
 
     checkpoints = ocp.CheckpointManager(
         run_dir / "checkpoints",
@@ -242,6 +222,43 @@ def setup(config: RunConfig) -> Run:
         checkpoints,
         tokenizer,
         start_step,
+    )
+
+
+def make_train_step(
+    config: RunConfig,
+    graphdef: nnx.GraphDef,
+    optimizer: optax.GradientTransformation,
+    hps_graphdef: nnx.GraphDef,
+    reward_state: Any,
+    ids: SpecialIds,
+) -> TrainStep:
+    """The Pair-GRPO step of ``config`` for a policy ``graphdef`` (from ``init_train_state``).
+
+    ``reward_state`` may be concrete or abstract (``jax.ShapeDtypeStruct`` leaves): ``pairuni
+    plan`` builds this same step without weights and only lowers it.
+    """
+    weights = RewardWeights(
+        understanding=config.reward.understanding, generation=config.reward.generation
+    )
+    r = config.grpo.rollout
+    return TrainStep(
+        graphdef,
+        config.grpo,
+        optimizer,
+        TextSettings(
+            eos_id=ids.eos,
+            pad_id=ids.pad,
+            max_new_tokens=r.max_new_tokens,
+            temperature=r.text_temperature,
+            top_k=r.top_k,
+            top_p=r.top_p,
+        ),
+        ImageSettings(pad_id=ids.pad, cfg_weight=r.cfg_weight, temperature=r.image_temperature),
+        rl_rewards.understanding_reward_fn(weights),
+        rl_rewards.generation_reward_fn(weights, hps_graphdef),
+        reward_state,
+        learning_rate=opt_lib.learning_rate_schedule(config.optimizer),
     )
 
 
