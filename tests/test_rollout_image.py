@@ -191,6 +191,21 @@ def test_same_key_same_images_rows_independent_and_sharded(models, mesh):
     np.testing.assert_allclose(np.asarray(out.log_probs), a.log_probs, atol=3e-5, rtol=1e-5)
 
 
+def test_samples_per_prompt_share_one_prefill_and_equal_repeated_prompts(models):
+    _, model = models
+    ids, mask = _left_pad([_prompt(6, seed=9), _prompt(8, seed=10)])
+    base = dict(pad_id=PAD, cfg_weight=1.5, temperature=3.0)
+    grouped = _rollout(model, ids, mask, ImageSettings(**base, samples_per_prompt=3), seed=2)
+    repeated = _rollout(
+        model, np.repeat(ids, 3, axis=0), np.repeat(mask, 3, axis=0), ImageSettings(**base), 2
+    )
+    assert grouped.tokens.shape == (6, P)
+    np.testing.assert_array_equal(grouped.tokens, repeated.tokens)
+    np.testing.assert_allclose(grouped.log_probs, repeated.log_probs, atol=3e-5, rtol=1e-5)
+    np.testing.assert_allclose(grouped.cond_log_probs, repeated.cond_log_probs, atol=3e-5)
+    assert len({tuple(row) for row in grouped.tokens[:3]}) == 3
+
+
 def test_image_token_count_comes_from_config(models):
     """A 6 x 6 grid (36 tokens) from the VQ config, then decoded to uint8 images."""
     _, model = models

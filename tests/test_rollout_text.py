@@ -215,3 +215,17 @@ def test_sampler_frequencies_follow_the_sampling_distribution():
     assert (freq[want == 0] == 0).all() and (want == 0).sum() == 200
     assert np.abs(freq - want).max() < 4 * np.sqrt(want.max() / n)
     np.testing.assert_allclose(np.exp(np.asarray(log_probs)), want[np.asarray(tokens)], rtol=1e-5)
+
+
+def test_samples_per_prompt_share_one_prefill_and_equal_repeated_prompts(models):
+    _, model = models
+    ids, mask, pixels = _prompts(rows=2, seed=6)
+    base = dict(eos_id=1, pad_id=PAD, max_new_tokens=10, temperature=1.2)
+    grouped = _rollout(model, ids, mask, pixels, TextSettings(**base, samples_per_prompt=3), 9)
+    repeated = _rollout(
+        model, *(np.repeat(x, 3, axis=0) for x in (ids, mask, pixels)), TextSettings(**base), 9
+    )
+    assert grouped.tokens.shape == (6, 10)
+    np.testing.assert_array_equal(grouped.tokens, repeated.tokens)
+    np.testing.assert_allclose(grouped.log_probs, repeated.log_probs, atol=1e-5)
+    assert len({tuple(row) for row in grouped.tokens[:3]}) == 3

@@ -27,23 +27,49 @@ def constrain_cache(cache: KVCache) -> KVCache:
     )
 
 
+def repeat_rows(x: Array, times: int, group: int = 1, axis: int = 0) -> Array:
+    """Repeats each block of ``group`` consecutive rows along ``axis`` ``times`` times in place.
+
+    [a, b] with group 1, times 2 → [a, a, b, b]; [a0, a1, b0, b1] with group 2 →
+    [a0, a1, a0, a1, b0, b1, b0, b1] (a CFG pair stays together).
+    """
+    if times == 1:
+        return x
+    shape = x.shape
+    blocks = x.reshape(*shape[:axis], shape[axis] // group, group, *shape[axis + 1 :])
+    blocks = jnp.repeat(blocks, times, axis=axis)
+    return blocks.reshape(*shape[:axis], shape[axis] * times, *shape[axis + 1 :])
+
+
 def prefill(
     model: Janus,
     embeds: Array,
     prompt_mask: Array,
     cache_length: int,
+    samples_per_prompt: int = 1,
+    group: int = 1,
 ) -> tuple[Array, KVCache]:
-    """Runs the left-padded prompt through the LLM into a fresh cache.
+    """Runs the left-padded prompts through the LLM into a fresh cache, once per prompt.
 
-    embeds: [B, S, H]; prompt_mask: bool[B, S] (False on left padding); cache_length: T ≥ S.
-    Returns the final-norm hidden state of the last prompt position [B, H] and the cache.
+    embeds: [R, S, H]; prompt_mask: bool[R, S] (False on left padding); cache_length: T ≥ S.
+    samples_per_prompt: K; the hidden state and the cache of each block of ``group`` rows (a
+    prompt, or a CFG pair) are then repeated K times, so K samples share one prefill.
+    Returns the final-norm hidden state of the last prompt position [R·K, H] and the cache.
     """
     batch, length, _ = embeds.shape
     if cache_length < length:
         raise ValueError(f"cache length {cache_length} is shorter than the prompt ({length})")
-    cache = constrain_cache(KVCache.create(model.config.text, batch, cache_length, model.dtype))
+    cache = KVCache.create(model.config.text, batch, cache_length, model.dtype)
+    # The fresh cache is a compile-time constant: without the barrier XLA constant-folds the
+    # prefill's fully masked attention over it (seconds of compile time for nothing).
+    cache = constrain_cache(jax.lax.optimization_barrier(cache))
     hidden, cache = model(embeds, positions_from_mask(prompt_mask), prompt_mask, cache)
-    return hidden[:, -1], constrain_cache(cache)
+    cache = cache.replace(
+        k=repeat_rows(cache.k, samples_per_prompt, group, axis=1),
+        v=repeat_rows(cache.v, samples_per_prompt, group, axis=1),
+        valid=repeat_rows(cache.valid, samples_per_prompt, group),
+    )
+    return repeat_rows(hidden[:, -1], samples_per_prompt, group), constrain_cache(cache)
 
 
 def decode_step(

@@ -41,14 +41,20 @@ class ImageSettings:
     cfg_weight: w, the guidance weight (1 = conditional only, 0 = unconditional only).
     temperature: divides the guided logits; greedy: argmax instead of sampling. The original has
       no top-k / top-p for images, so neither is offered.
+    samples_per_prompt: K images per prompt, sharing one prefill (GRPO's group).
     """
 
     pad_id: int
     cfg_weight: float = 5.0
     temperature: float = 1.0
     greedy: bool = False
+    samples_per_prompt: int = 1
 
     def __post_init__(self):
+        if self.samples_per_prompt < 1:
+            raise ValueError(
+                f"ImageSettings.samples_per_prompt must be >= 1, got {self.samples_per_prompt}"
+            )
         if self.pad_id < 0:
             raise ValueError(f"ImageSettings.pad_id must be a token id >= 0, got {self.pad_id}")
         self.rule  # noqa: B018  (validates the temperature)
@@ -60,8 +66,10 @@ class ImageSettings:
 
 @flax.struct.dataclass
 class ImageRollout:
-    """tokens: int32[B, P] in raster order; log_probs: float32[B, P] of each token under the
-    guided sampling distribution; cond_log_probs: float32[B, P] under the conditional-only one
+    """Row b·K + k is image k of prompt b (K = ``samples_per_prompt``).
+
+    tokens: int32[B·K, P] in raster order; log_probs: float32[B·K, P] of each token under the
+    guided sampling distribution; cond_log_probs: float32[B·K, P] under the conditional-only one
     (``softmax(cond / temperature)``)."""
 
     tokens: Array
@@ -101,13 +109,16 @@ def sample_images(
     rng: Array,
     settings: ImageSettings,
 ) -> ImageRollout:
-    """Samples one image (P tokens) per prompt row with CFG.
+    """Samples ``settings.samples_per_prompt`` (K) images (P tokens each) per prompt with CFG.
 
     input_ids: int32[B, S] left-padded generation prompts, each BOS first and
       ``<begin_of_image>`` last; prompt_mask: bool[B, S], False on padding.
-    rng: a PRNG key; image b samples from ``fold_in(rng, b)``, token t from ``fold_in(that, t)``.
+    rng: a PRNG key; image r of the output samples from ``fold_in(rng, r)``, token t from
+      ``fold_in(that, t)``: the same key gives the same images, and K images of B prompts equal
+      one image of each prompt repeated K times.
     """
-    batch = input_ids.shape[0]
+    k = settings.samples_per_prompt
+    batch = input_ids.shape[0] * k
     num_tokens = model.config.num_generated_image_tokens
     rule = settings.rule
     ids, mask = cfg_batch(
@@ -120,8 +131,10 @@ def sample_images(
         model.embed(constrain(ids, "batch", "length")),
         constrain(mask, "batch", "length"),
         ids.shape[1] + num_tokens - 1,
+        samples_per_prompt=k,
+        group=2,
     )
-    next_positions = jnp.repeat(jnp.sum(prompt_mask, axis=-1, dtype=jnp.int32), 2)
+    next_positions = jnp.repeat(jnp.sum(prompt_mask, axis=-1, dtype=jnp.int32), 2 * k)
     keys = sampling.row_keys(rng, batch)
 
     def pick(hidden, step):

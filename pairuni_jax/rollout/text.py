@@ -35,6 +35,7 @@ class TextSettings:
       it. pad_id: the token written after a row's EOS.
     max_new_tokens: N, the completion length buffer.
     temperature, top_k, top_p, greedy: the ``sampling.SamplingRule``.
+    samples_per_prompt: K completions per prompt, sharing one prefill (GRPO's group).
     """
 
     eos_id: int
@@ -44,8 +45,13 @@ class TextSettings:
     top_k: int = 0
     top_p: float = 1.0
     greedy: bool = False
+    samples_per_prompt: int = 1
 
     def __post_init__(self):
+        if self.samples_per_prompt < 1:
+            raise ValueError(
+                f"TextSettings.samples_per_prompt must be >= 1, got {self.samples_per_prompt}"
+            )
         if self.max_new_tokens < 1:
             raise ValueError(f"TextSettings.max_new_tokens must be >= 1, got {self.max_new_tokens}")
         for name in ("eos_id", "pad_id"):
@@ -61,9 +67,11 @@ class TextSettings:
 
 @flax.struct.dataclass
 class TextRollout:
-    """tokens: int32[B, N] (``pad_id`` after EOS); log_probs: float32[B, N] under the sampling
-    distribution (0 where masked); mask: bool[B, N], True up to and including EOS;
-    lengths: int32[B] = ``mask.sum(-1)``."""
+    """Row b·K + k is sample k of prompt b (K = ``samples_per_prompt``).
+
+    tokens: int32[B·K, N] (``pad_id`` after EOS); log_probs: float32[B·K, N] under the sampling
+    distribution (0 where masked); mask: bool[B·K, N], True up to and including EOS;
+    lengths: int32[B·K] = ``mask.sum(-1)``."""
 
     tokens: Array
     log_probs: Array
@@ -80,23 +88,25 @@ def sample_text(
     rng: Array,
     settings: TextSettings,
 ) -> TextRollout:
-    """Samples one completion per row.
+    """Samples ``settings.samples_per_prompt`` (K) completions per prompt row.
 
     input_ids: int32[B, S] left-padded prompts; prompt_mask: bool[B, S], False on padding.
     pixel_values: float[M, s, s, 3] in [-1, 1] (M images) or None; image_mask: bool[B, S] marking
       the M × ``num_image_tokens`` placeholder slots, filled in row-major order (None: the
       positions of ``config.image_token_id``).
-    rng: a PRNG key; row b samples from the stream ``fold_in(rng, b)``, step t from
-      ``fold_in(that, t)``, so the same key gives the same completions.
+    rng: a PRNG key; output row r samples from the stream ``fold_in(rng, r)``, step t from
+      ``fold_in(that, t)``, so the same key gives the same completions, and K samples of B
+      prompts equal one sample of each prompt repeated K times.
     """
-    batch = input_ids.shape[0]
+    k = settings.samples_per_prompt
+    batch = input_ids.shape[0] * k
     n = settings.max_new_tokens
     rule = settings.rule
     input_ids = constrain(input_ids, "batch", "length")
     prompt_mask = constrain(prompt_mask, "batch", "length")
     embeds = model.embed(input_ids, pixel_values, image_mask)
-    hidden, cache = cache_lib.prefill(model, embeds, prompt_mask, input_ids.shape[1] + n - 1)
-    prompt_lengths = jnp.sum(prompt_mask, axis=-1, dtype=jnp.int32)
+    hidden, cache = cache_lib.prefill(model, embeds, prompt_mask, input_ids.shape[1] + n - 1, k)
+    prompt_lengths = jnp.repeat(jnp.sum(prompt_mask, axis=-1, dtype=jnp.int32), k)
     keys = sampling.row_keys(rng, batch)
 
     def pick(hidden, step, done):
