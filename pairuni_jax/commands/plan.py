@@ -1,0 +1,125 @@
+"""``pairuni plan --config FILE [...] [key.sub=value ...]``: will the step fit, and how fast?
+
+Compiles the real train step of the config ahead of time, with abstract inputs (no weights are
+read or allocated), for a mesh over:
+
+- ``--topology v5e-64`` (v4-N, v5p-N, v5e-N, v6e-N, h100-N, h200-N): the slice's chips, HBM, peak
+  FLOP/s and host count; the TPU compiler's compile-only devices when libtpu is installed,
+  otherwise as many fake CPU devices;
+- ``--devices N``: N fake CPU devices (give ``--hbm-gib`` to check a limit);
+- neither: the devices of this machine.
+
+Prints memory per device, FLOPs per step and the projected step time; exits 1 when the step does
+not fit in HBM, naming the biggest consumers and the settings that would help, 2 on a bad config.
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+
+GIB = 2**30
+
+
+def register(subparsers: argparse._SubParsersAction) -> None:
+    parser = subparsers.add_parser(
+        "plan",
+        help="ahead-of-time memory, FLOPs and step time of the train step for a slice",
+        description=__doc__.splitlines()[0],
+    )
+    parser.add_argument(
+        "--config",
+        action="append",
+        default=[],
+        metavar="FILE",
+        help="YAML run config; repeat to layer files (e.g. a model config, then a mesh preset)",
+    )
+    parser.add_argument(
+        "--mesh", metavar="data=D,fsdp=F,tensor=T", help="mesh sizes (overrides the config's)"
+    )
+    target = parser.add_mutually_exclusive_group()
+    target.add_argument("--topology", metavar="SLICE", help="target slice, e.g. v5e-64, v5p-16")
+    target.add_argument("--devices", type=int, metavar="N", help="compile for N fake CPU devices")
+    parser.add_argument(
+        "--hosts", type=int, metavar="N", help="hosts feeding the step (default: the slice's, or 1)"
+    )
+    parser.add_argument("--hbm-gib", type=float, metavar="X", help="HBM per device to fit into")
+    parser.add_argument(
+        "--mfu", type=float, default=0.4, help="assumed MFU of compute-bound work (default 0.4)"
+    )
+    parser.add_argument("overrides", nargs="*", metavar="key.sub=value", help="config overrides")
+    parser.set_defaults(func=run)
+
+
+def mesh_overrides(text: str) -> list[str]:
+    """``data=1,fsdp=8,tensor=1`` -> ``["mesh.data=1", "mesh.fsdp=8", "mesh.tensor=1"]``."""
+    out = []
+    for part in text.split(","):
+        name, sep, value = part.partition("=")
+        if not sep or name.strip() not in ("data", "fsdp", "tensor"):
+            raise ValueError(f"--mesh {text!r}: expected data=D,fsdp=F,tensor=T (any of them)")
+        out.append(f"mesh.{name.strip()}={value.strip()}")
+    return out
+
+
+def cpu_devices(count: int) -> list:
+    """``count`` fake CPU devices (asks for them when JAX has not started a backend yet)."""
+    import jax
+    from jax._src import xla_bridge
+
+    if not xla_bridge.backends_are_initialized():
+        jax.config.update("jax_num_cpu_devices", max(count, 1))
+    devices = jax.devices("cpu")
+    if len(devices) < count:
+        raise ValueError(
+            f"{count} CPU devices requested but JAX already started with {len(devices)}: run "
+            f"plan in a fresh process, or set XLA_FLAGS=--xla_force_host_platform_device_count="
+            f"{count}"
+        )
+    return devices[:count]
+
+
+def run(args: argparse.Namespace) -> int:
+    import jax
+
+    from pairuni_jax import flops, plan
+    from pairuni_jax.run_config import load_run_config
+
+    try:
+        overrides = list(args.overrides) + (mesh_overrides(args.mesh) if args.mesh else [])
+        config = load_run_config(args.config, overrides)
+        hosts = args.hosts
+        if args.topology:
+            target = plan.Slice.parse(args.topology)
+            devices = plan.tpu_topology_devices(target)
+            where = "TPU compiler" if devices else "fake CPU devices"
+            devices = devices or cpu_devices(target.chips)
+            chip, name = target.chip, f"{target.name} ({where})"
+            hosts = hosts or target.hosts
+        elif args.devices:
+            devices = cpu_devices(args.devices)
+            chip, name = None, "fake CPU devices"
+        else:
+            devices = jax.devices()
+            chip = flops.chip_for_device_kind(devices[0].device_kind)
+            name = f"this machine ({devices[0].device_kind})"
+        hbm = round(args.hbm_gib * GIB) if args.hbm_gib else None
+        result = plan.make_plan(
+            config,
+            devices,
+            target=name,
+            chip=chip,
+            hosts=hosts or 1,
+            hbm_bytes=hbm,
+            mfu=args.mfu,
+        )
+    except ValueError as e:
+        print(f"pairuni plan: error: {e}", file=sys.stderr)
+        return 2
+    print(plan.format_plan(result))
+    if result.fits is None:
+        print("no HBM size known: pass --topology or --hbm-gib to check the fit")
+    elif not result.fits:
+        print(plan.advice(result), file=sys.stderr)
+        return 1
+    return 0
