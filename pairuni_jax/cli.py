@@ -18,6 +18,7 @@ COMMAND_MODULES = (
     "pairuni_jax.commands.generate",
     "pairuni_jax.commands.answer",
     "pairuni_jax.commands.data",
+    "pairuni_jax.commands.plan",
 )
 
 

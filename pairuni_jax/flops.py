@@ -278,16 +278,17 @@ def step_flops(shapes: StepShapes, model: JanusConfig, hps: CLIPConfig) -> StepF
     n = s.answer_tokens
     tokens = m.num_generated_image_tokens
 
+    # The K samples of a prompt share its prefill (``samples_per_prompt``): prompts run once.
     cache_u = s.und_len + n - 1
     answer_prefill = (
-        siglip_forward(m.vision, b_u)
-        + aligner(m.vision.hidden_size, h, m.aligner_depth, b_u * m.num_image_tokens)
-        + llm_forward(t, b_u, s.und_len, cache_u)
+        siglip_forward(m.vision, s.pairs)
+        + aligner(m.vision.hidden_size, h, m.aligner_depth, s.pairs * m.num_image_tokens)
+        + llm_forward(t, s.pairs, s.und_len, cache_u)
         + linear(b_u, h, t.vocab_size)
     )
     answer_decode = (n - 1) * (llm_forward(t, b_u, 1, cache_u) + linear(b_u, h, t.vocab_size))
     cache_g = s.gen_len + tokens - 1
-    image_prefill = llm_forward(t, 2 * b_g, s.gen_len, cache_g) + generation_head(
+    image_prefill = llm_forward(t, 2 * s.pairs, s.gen_len, cache_g) + generation_head(
         h, m.vq.num_embeddings, 2 * b_g
     )
     image_decode = (tokens - 1) * (

@@ -80,6 +80,7 @@ class LoggingSection:
     every: int = 1  # steps between metric lines
     samples_every: int = 10  # steps between image grids / answer files
     tensorboard: bool = True
+    peak_tflops: float | None = None  # per-chip bf16 peak for MFU; None: from the device kind
 
 
 def demo_data() -> DataConfig:

@@ -29,7 +29,7 @@ from flax import nnx
 from tqdm import tqdm
 
 from pairuni_jax import config as config_lib
-from pairuni_jax import sharding
+from pairuni_jax import flops, sharding
 from pairuni_jax.checkpoint import convert as janus_convert
 from pairuni_jax.checkpoint import model_dir
 from pairuni_jax.data.pipeline import PairPipeline
@@ -159,6 +159,9 @@ class Run:
     checkpoints: ocp.CheckpointManager
     tokenizer: Any
     start_step: int
+    step_flops: flops.StepFlops
+    step_tokens: dict[str, int]
+    peak_flops: float | None  # per chip, for MFU
 
 
 def setup(config: RunConfig) -> Run:
@@ -193,6 +196,10 @@ def setup(config: RunConfig) -> Run:
     state = jax.device_put(state, sharding.tree_shardings(state, mesh))
     hps_graphdef, reward_state = rl_rewards.reward_state(hps, letters)
     step_fn = make_train_step(config, graphdef, optimizer, hps_graphdef, reward_state, ids)
+    shapes = flops.StepShapes.from_run_config(config, global_pairs)
+    chip = flops.chip_for_device_kind(jax.devices()[0].device_kind)
+    peak = config.logging.peak_tflops * 1e12 if config.logging.peak_tflops else None
+    peak = peak or (chip.peak_flops if chip else None)
 
     checkpoints = ocp.CheckpointManager(
         run_dir / "checkpoints",
@@ -222,6 +229,9 @@ def setup(config: RunConfig) -> Run:
         checkpoints,
         tokenizer,
         start_step,
+        flops.step_flops(shapes, policy.config, hps.config),
+        flops.step_tokens(shapes, policy.config),
+        peak,
     )
 
 
@@ -358,6 +368,17 @@ class Trainer:
                     if step % config.logging.every == 0 or step == config.steps:
                         values = {k: float(v) for k, v in jax.device_get(metrics).items()}
                         values["step_seconds"] = time.perf_counter() - start
+                        sampled = values["und/tokens_sampled"] + values["gen/tokens_sampled"]
+                        tokens = {"sampled": sampled, "trained": run.step_tokens["trained"]}
+                        values.update(
+                            flops.perf_metrics(
+                                run.step_flops,
+                                tokens,
+                                values["step_seconds"],
+                                jax.device_count(),
+                                run.peak_flops,
+                            )
+                        )
                         values["data/skipped_records"] = float(run.pipeline.report.skipped)
                         history.append({"step": step, **values})
                         writer.write(step, values)

@@ -184,7 +184,24 @@ class TrainStep:
         model = self._model(state.params, state.frozen)
         rng_text, rng_image = jax.random.split(jax.random.fold_in(rng, state.step))
 
-        # 1. Rollouts and rewards, outside any gradient.
+        # 1. Rollouts and rewards, outside any gradient. The K samples of a prompt share one
+        # prefill; rows come out pair-major (row p·K + k), like the repeated prompts below.
+        text = sample_text(
+            model,
+            batch["und_input_ids"],
+            batch["und_attention_mask"],
+            batch["und_pixel_values"],
+            None,
+            rng_text,
+            dataclasses.replace(self.text_settings, samples_per_prompt=ku),
+        )
+        images = sample_images(
+            model,
+            batch["gen_input_ids"],
+            batch["gen_attention_mask"],
+            rng_image,
+            dataclasses.replace(self.image_settings, samples_per_prompt=kg),
+        )
         und = {
             "prompt_ids": _repeat(batch["und_input_ids"], ku),
             "prompt_mask": _repeat(batch["und_attention_mask"], ku),
@@ -194,18 +211,6 @@ class TrainStep:
             "prompt_ids": _repeat(batch["gen_input_ids"], kg),
             "prompt_mask": _repeat(batch["gen_attention_mask"], kg),
         }
-        text = sample_text(
-            model,
-            und["prompt_ids"],
-            und["prompt_mask"],
-            und["pixel_values"],
-            None,
-            rng_text,
-            self.text_settings,
-        )
-        images = sample_images(
-            model, gen["prompt_ids"], gen["prompt_mask"], rng_image, self.image_settings
-        )
         text, images = jax.lax.stop_gradient((text, images))
         pixels = jax.lax.stop_gradient(model.decode_image_tokens(images.tokens))
         und_reward, und_parts = self.understanding_reward(
