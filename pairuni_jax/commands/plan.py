@@ -18,6 +18,8 @@ from __future__ import annotations
 import argparse
 import sys
 
+from pairuni_jax.commands.train import add_run_config_arguments
+
 GIB = 2**30
 
 
@@ -27,13 +29,7 @@ def register(subparsers: argparse._SubParsersAction) -> None:
         help="ahead-of-time memory, FLOPs and step time of the train step for a slice",
         description=__doc__.splitlines()[0],
     )
-    parser.add_argument(
-        "--config",
-        action="append",
-        default=[],
-        metavar="FILE",
-        help="YAML run config; repeat to layer files (e.g. a model config, then a mesh preset)",
-    )
+    add_run_config_arguments(parser)
     parser.add_argument(
         "--mesh", metavar="data=D,fsdp=F,tensor=T", help="mesh sizes (overrides the config's)"
     )
@@ -47,7 +43,6 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     parser.add_argument(
         "--mfu", type=float, default=0.4, help="assumed MFU of compute-bound work (default 0.4)"
     )
-    parser.add_argument("overrides", nargs="*", metavar="key.sub=value", help="config overrides")
     parser.set_defaults(func=run)
 
 

@@ -15,6 +15,12 @@ def register(subparsers: argparse._SubParsersAction) -> None:
         help="run Pair-GRPO (no arguments: the tiny CPU demo)",
         description=__doc__.splitlines()[0],
     )
+    add_run_config_arguments(parser)
+    parser.set_defaults(func=run)
+
+
+def add_run_config_arguments(parser: argparse.ArgumentParser) -> None:
+    """``--config FILE`` (repeatable) and ``key.sub=value`` overrides, as ``load_run_config`` takes."""
     parser.add_argument(
         "--config",
         action="append",
@@ -23,7 +29,6 @@ def register(subparsers: argparse._SubParsersAction) -> None:
         help="YAML run config; repeat to layer files (e.g. a model config, then a mesh preset)",
     )
     parser.add_argument("overrides", nargs="*", metavar="key.sub=value", help="config overrides")
-    parser.set_defaults(func=run)
 
 
 def run(args: argparse.Namespace) -> int:
