@@ -19,6 +19,7 @@ COMMAND_MODULES = (
     "pairuni_jax.commands.answer",
     "pairuni_jax.commands.data",
     "pairuni_jax.commands.plan",
+    "pairuni_jax.commands.export",
 )
 
 

@@ -97,3 +97,19 @@ def test_sigterm_saves_a_usable_checkpoint(tmp_path):
 def test_bad_config_is_named():
     with pytest.raises(ValueError, match="grpo.rollout: unknown key"):
         load_run_config([], ["grpo.rollout.num_rollouts=3"])
+
+
+def test_export_trained_policy_loads_in_transformers(tmp_path):
+    """2 tiny steps, then `pairuni export` → transformers checkpoint with the trained weights."""
+    import torch
+    import transformers
+
+    run_dir = tmp_path / "run"
+    assert cli.main(["train", f"run_dir={run_dir}", *FAST, "steps=2", "checkpoint.every=2"]) == 0
+    out = tmp_path / "hf"
+    assert cli.main(["export", str(run_dir), str(out)]) == 0
+    hf = transformers.JanusForConditionalGeneration.from_pretrained(out, dtype=torch.float32)
+    trainer = Trainer(load_run_config([], [f"run_dir={run_dir}", *FAST, "steps=2"]))
+    trained = np.asarray(trainer.run.state.params["lm_head"]["kernel"][...])
+    np.testing.assert_array_equal(hf.lm_head.weight.detach().numpy(), trained.T)
+    assert cli.main(["export", str(run_dir), str(tmp_path / "x"), "--step", "7"]) == 1
