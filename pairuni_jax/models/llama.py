@@ -76,29 +76,32 @@ class LlamaConfig:
 class KVCache:
     """Preallocated keys and values of every layer.
 
-    k, v: [L, B, T, K, D] in the cache dtype (bf16 on accelerators).
+    k, v: one array per layer (a tuple of L), each [B, K, T, D] in the cache dtype (bf16 on
+      accelerators). Separate per-layer buffers let each decode step update and read a layer's
+      cache in place; slicing one layer out of a stacked [L, ...] array inside the layer loop
+      copies it (on CPU the copies cost more than the attention itself).
     valid: bool[B, T], True where a slot holds a real (non-padding) token.
     index: int32 scalar, the next slot to write; all rows share it (prompts are left-padded).
     """
 
-    k: Array
-    v: Array
+    k: tuple[Array, ...]
+    v: tuple[Array, ...]
     valid: Array
     index: Array
 
     @classmethod
     def create(cls, config: LlamaConfig, batch: int, length: int, dtype: Any) -> KVCache:
-        shape = (config.num_layers, batch, length, config.num_kv_heads, config.head_dim)
+        shape = (batch, config.num_kv_heads, length, config.head_dim)
         return cls(
-            k=jnp.zeros(shape, dtype),
-            v=jnp.zeros(shape, dtype),
+            k=tuple(jnp.zeros(shape, dtype) for _ in range(config.num_layers)),
+            v=tuple(jnp.zeros(shape, dtype) for _ in range(config.num_layers)),
             valid=jnp.zeros((batch, length), bool),
             index=jnp.zeros((), jnp.int32),
         )
 
     @property
     def length(self) -> int:
-        return self.k.shape[2]
+        return self.k[0].shape[2]
 
 
 class RMSNorm(nnx.Module):
@@ -133,17 +136,17 @@ def apply_rope(x: Array, cos: Array, sin: Array) -> Array:
 def dot_product_attention(q: Array, k: Array, v: Array, mask: Array) -> Array:
     """Masked softmax attention with grouped key/value heads.
 
-    q: [B, S, N, D]; k, v: [B, T, K, D]; mask: bool[B, S, T]. Returns [B, S, N, D].
+    q: [B, S, N, D]; k, v: [B, K, T, D]; mask: bool[B, S, T]. Returns [B, S, N, D].
     Logits and softmax in fp32; fully masked rows (padding queries) give a uniform average.
     """
     b, s, n, d = q.shape
-    kv_heads = k.shape[2]
+    kv_heads = k.shape[1]
     q = q.reshape(b, s, kv_heads, n // kv_heads, d)
-    logits = jnp.einsum("bskgd,btkd->bkgst", q, k, preferred_element_type=jnp.float32)
+    logits = jnp.einsum("bskgd,bktd->bkgst", q, k, preferred_element_type=jnp.float32)
     logits = logits * (d**-0.5)
     logits = jnp.where(mask[:, None, None], logits, jnp.finfo(jnp.float32).min)
     probs = jax.nn.softmax(logits, axis=-1).astype(v.dtype)
-    out = jnp.einsum("bkgst,btkd->bskgd", probs, v)
+    out = jnp.einsum("bkgst,bktd->bskgd", probs, v)
     return out.reshape(b, s, n, d)
 
 
@@ -179,13 +182,13 @@ class Attention(nnx.Module):
         mask: Array,
         past: tuple[Array, Array] | None,
         index: Array | None,
-    ) -> tuple[Array, tuple[Array, Array]]:
+    ) -> tuple[Array, tuple[Array, Array] | None]:
         """x: [B, S, H]; mask: bool[B, S, T].
 
         Without a cache (``past=None``) the keys are this call's S positions (T = S). With this
-        layer's cache slice ``past = (k, v)`` of [B, T, K, D], the new keys and values are placed at
-        slot ``index`` and attention runs over all T slots. Returns the output [B, S, H] and this
-        call's new keys and values [B, S, K, D] (the caller writes them into the cache).
+        layer's cache ``past = (k, v)`` of [B, K, T, D], the new keys and values are written at
+        slot ``index`` and attention runs over all T slots. Returns the output [B, S, H] and the
+        updated layer cache (None without one).
         """
         c = self.config
         b, s, _ = x.shape
@@ -194,13 +197,14 @@ class Attention(nnx.Module):
         v = self.v_proj(x).reshape(b, s, c.num_kv_heads, c.head_dim)
         q = constrain(apply_rope(q, cos, sin), "batch", "length", "heads", "head_dim")
         k = constrain(apply_rope(k, cos, sin), "batch", "length", "kv_heads", "head_dim")
-        keys, values = k, v
-        if past is not None:
-            start = (0, index, 0, 0)
-            keys = jax.lax.dynamic_update_slice(past[0], k.astype(past[0].dtype), start)
-            values = jax.lax.dynamic_update_slice(past[1], v.astype(past[1].dtype), start)
-        out = dot_product_attention(q, keys.astype(q.dtype), values.astype(q.dtype), mask)
-        return self.o_proj(out.reshape(b, s, c.num_heads * c.head_dim)), (k, v)
+        k, v = k.swapaxes(1, 2), v.swapaxes(1, 2)  # [B, K, S, D]
+        if past is not None:  # write first, then read the updated buffer: no copy of the cache
+            start = (0, 0, index, 0)
+            k = jax.lax.dynamic_update_slice(past[0], k.astype(past[0].dtype), start)
+            v = jax.lax.dynamic_update_slice(past[1], v.astype(past[1].dtype), start)
+        out = dot_product_attention(q, k.astype(q.dtype), v.astype(q.dtype), mask)
+        out = self.o_proj(out.reshape(b, s, c.num_heads * c.head_dim))
+        return out, (None if past is None else (k, v))
 
 
 class MLP(nnx.Module):
@@ -284,48 +288,40 @@ class LlamaModel(nnx.Module):
         positions: int32[B, S] RoPE positions (for left padding, the count of real tokens before).
         attention_mask: bool[B, S], False on padding.
         cache: if given, the S new keys/values go to slots ``cache.index .. + S`` and queries
-        attend over every valid slot up to their own; the updated cache is returned.
+        attend over every valid slot up to their own; the updated cache is returned. The layers
+        then run unrolled (sampling needs no gradients, so ``remat`` does not apply).
         """
         c = self.config
         s = embeds.shape[1]
         cos, sin = rope_tables(positions, c.head_dim, c.rope_theta, self.dtype)
+        x = constrain(embeds.astype(self.dtype), "batch", "length", "embed")
+        graphdef, layer_state = nnx.split(self.layers)
         if cache is None:
             causal = jnp.tril(jnp.ones((s, s), bool))
             mask = causal[None] & attention_mask[:, None, :]
-            index, valid = None, None
-        else:
-            index = cache.index
-            valid = jax.lax.dynamic_update_slice(cache.valid, attention_mask, (0, index))
-            slot = jnp.arange(cache.length)
-            query_slot = index + jnp.arange(s)
-            mask = valid[:, None, :] & (slot[None, None, :] <= query_slot[None, :, None])
-        x = constrain(embeds.astype(self.dtype), "batch", "length", "embed")
 
-        graphdef, layer_state = nnx.split(self.layers)
+            def body(x, layer_params):
+                x, _ = nnx.merge(graphdef, layer_params)(x, cos, sin, mask, None, None)
+                return x, None
 
-        def body(carry, layer_params):
-            x, kv_all, i = carry
-            layer = nnx.merge(graphdef, layer_params)
-            past = None if kv_all is None else (kv_all[0][i], kv_all[1][i])
-            x, (k, v) = layer(x, cos, sin, mask, past, index)
-            if kv_all is not None:  # write only the S new slots of layer i, in place
-                start = (i, 0, index, 0, 0)
-                kv_all = tuple(
-                    jax.lax.dynamic_update_slice(all_, new[None].astype(all_.dtype), start)
-                    for all_, new in zip(kv_all, (k, v))
-                )
-            return (x, kv_all, i + 1), None
+            body = remat_lib.apply(body, self.remat)
+            x, _ = jax.lax.scan(
+                body, x, layer_state, unroll=1 if self.scan_layers else c.num_layers
+            )
+            return self.norm(x), None
 
-        body = remat_lib.apply(body, self.remat)
-        kv_all = None if cache is None else (cache.k, cache.v)
-        (x, kv_all, _), _ = jax.lax.scan(
-            body,
-            (x, kv_all, jnp.zeros((), jnp.int32)),
-            layer_state,
-            unroll=1 if self.scan_layers else c.num_layers,
-        )
+        # With a cache (sampling), the layers run as a Python loop over the per-layer buffers.
+        index = cache.index
+        valid = jax.lax.dynamic_update_slice(cache.valid, attention_mask, (0, index))
+        slot = jnp.arange(cache.length)
+        query_slot = index + jnp.arange(s)
+        mask = valid[:, None, :] & (slot[None, None, :] <= query_slot[None, :, None])
+        keys, values = [], []
+        for i in range(c.num_layers):
+            layer = nnx.merge(graphdef, jax.tree.map(lambda w, i=i: w[i], layer_state))
+            x, (k, v) = layer(x, cos, sin, mask, (cache.k[i], cache.v[i]), index)
+            keys.append(k)
+            values.append(v)
         x = self.norm(x)
-        if cache is None:
-            return x, None
-        new_cache = KVCache(k=kv_all[0], v=kv_all[1], valid=valid, index=index + s)
+        new_cache = KVCache(k=tuple(keys), v=tuple(values), valid=valid, index=index + s)
         return x, new_cache

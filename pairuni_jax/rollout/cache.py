@@ -18,11 +18,11 @@ Array = jax.Array
 
 
 def constrain_cache(cache: KVCache) -> KVCache:
-    """Batch-sharded cache: k, v [L, B, T, K, D] over (layers, batch, cache_length, kv_heads)."""
-    names = ("layers", "batch", "cache_length", "kv_heads", "head_dim")
+    """Batch-sharded cache: each layer's k, v [B, K, T, D] over (batch, kv_heads)."""
+    names = ("batch", "kv_heads", "cache_length", "head_dim")
     return cache.replace(
-        k=constrain(cache.k, *names),
-        v=constrain(cache.v, *names),
+        k=tuple(constrain(x, *names) for x in cache.k),
+        v=tuple(constrain(x, *names) for x in cache.v),
         valid=constrain(cache.valid, "batch", "cache_length"),
     )
 
@@ -65,8 +65,8 @@ def prefill(
     cache = constrain_cache(jax.lax.optimization_barrier(cache))
     hidden, cache = model(embeds, positions_from_mask(prompt_mask), prompt_mask, cache)
     cache = cache.replace(
-        k=repeat_rows(cache.k, samples_per_prompt, group, axis=1),
-        v=repeat_rows(cache.v, samples_per_prompt, group, axis=1),
+        k=tuple(repeat_rows(x, samples_per_prompt, group) for x in cache.k),
+        v=tuple(repeat_rows(x, samples_per_prompt, group) for x in cache.v),
         valid=repeat_rows(cache.valid, samples_per_prompt, group),
     )
     return repeat_rows(hidden[:, -1], samples_per_prompt, group), constrain_cache(cache)
