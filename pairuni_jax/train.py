@@ -264,7 +264,12 @@ def make_train_step(
             top_k=r.top_k,
             top_p=r.top_p,
         ),
-        ImageSettings(pad_id=ids.pad, cfg_weight=r.cfg_weight, temperature=r.image_temperature),
+        ImageSettings(
+            pad_id=ids.pad,
+            cfg_weight=r.cfg_weight,
+            temperature=r.image_temperature,
+            cache_segments=r.image_cache_segments,
+        ),
         rl_rewards.understanding_reward_fn(weights),
         rl_rewards.generation_reward_fn(weights, hps_graphdef),
         reward_state,

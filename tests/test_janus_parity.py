@@ -131,6 +131,42 @@ def test_kv_cache_prefill_and_decode_equal_full_forward(models):
     assert int(cache.index) == ids.shape[1]
 
 
+@pytest.mark.parametrize("block", [1, 4, 7, 64])
+def test_causal_query_blocks_equal_full_attention(block):
+    """Query blocks that skip the masked upper triangle give the full attention's outputs at every
+    real position (left padding and grouped heads included) and the same gradients."""
+    from pairuni_jax.models.llama import causal_attention, dot_product_attention
+
+    rng = np.random.default_rng(8)
+    b, s, n, k, d = 3, 11, 4, 2, 8
+    q = jnp.asarray(rng.normal(size=(b, s, n, d)), jnp.float32)
+    keys = jnp.asarray(rng.normal(size=(b, k, s, d)), jnp.float32)
+    values = jnp.asarray(rng.normal(size=(b, k, s, d)), jnp.float32)
+    real = np.arange(s)[None] >= np.array([[0], [3], [6]])  # left padding
+    mask = jnp.asarray(np.tril(np.ones((s, s), bool))[None] & real[:, None, :])
+
+    def full(q, keys, values):
+        return dot_product_attention(q, keys, values, mask)
+
+    def blocked(q, keys, values):
+        return causal_attention(q, keys, values, mask, block=block)
+
+    np.testing.assert_allclose(
+        np.asarray(blocked(q, keys, values))[real],
+        np.asarray(full(q, keys, values))[real],
+        atol=1e-6,
+        rtol=1e-6,
+    )
+    weights = jnp.asarray(real, jnp.float32)[:, :, None, None]
+    loss = lambda f: lambda *a: jnp.sum(f(*a) * weights * jnp.cos(f(*a)))  # noqa: E731
+    for got, want in zip(
+        jax.grad(loss(blocked), argnums=(0, 1, 2))(q, keys, values),
+        jax.grad(loss(full), argnums=(0, 1, 2))(q, keys, values),
+        strict=True,
+    ):
+        np.testing.assert_allclose(np.asarray(got), np.asarray(want), atol=1e-5, rtol=1e-5)
+
+
 def test_unrolled_layers_and_remat_equal_scan(models):
     hf, model = models
     ids, mask, pixels = _batch(5)

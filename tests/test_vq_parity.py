@@ -25,10 +25,14 @@ TOL = 1e-4
 
 def hf_config(cfg: VQConfig) -> JanusVQVAEConfig:
     return JanusVQVAEConfig(
-        embed_dim=cfg.embed_dim, num_embeddings=cfg.num_embeddings,
-        latent_channels=cfg.latent_channels, in_channels=cfg.in_channels,
-        base_channels=cfg.base_channels, channel_multiplier=list(cfg.channel_multiplier),
-        num_res_blocks=cfg.num_res_blocks, out_channels=cfg.out_channels,
+        embed_dim=cfg.embed_dim,
+        num_embeddings=cfg.num_embeddings,
+        latent_channels=cfg.latent_channels,
+        in_channels=cfg.in_channels,
+        base_channels=cfg.base_channels,
+        channel_multiplier=list(cfg.channel_multiplier),
+        num_res_blocks=cfg.num_res_blocks,
+        out_channels=cfg.out_channels,
         num_patches=cfg.grid_size,
     )
 
@@ -170,10 +174,14 @@ def test_to_uint8_parity():
     """Against the original numpy post-processing (assignment into a uint8 array truncates)."""
     rng = np.random.default_rng(3)
     exact = np.arange(256, dtype=np.float32) / 255 * 2 - 1  # values landing on integers
-    x = np.concatenate([
-        rng.normal(0, 0.8, 4000).astype(np.float32), exact, np.nextafter(exact, -2),
-        np.float32([-1, 1, -1.5, 1.5, -1e-8, 0, 0.999999]),
-    ])
+    x = np.concatenate(
+        [
+            rng.normal(0, 0.8, 4000).astype(np.float32),
+            exact,
+            np.nextafter(exact, -2),
+            np.float32([-1, 1, -1.5, 1.5, -1e-8, 0, 0.999999]),
+        ]
+    )
     ref = np.zeros(x.shape, np.uint8)
     ref[...] = np.clip((x + 1) / 2 * 255, 0, 255)
     np.testing.assert_array_equal(np.asarray(to_uint8(jnp.asarray(x))), ref)
@@ -212,8 +220,11 @@ def test_remat_and_bf16_parity(tiny):
 
     grads = nnx.jit(nnx.grad(loss))(model)
     grads_remat = nnx.jit(nnx.grad(loss))(variant(remat=True))
-    jax.tree.map(lambda a, b: np.testing.assert_allclose(a, b, rtol=1e-5, atol=1e-7),
-                 nnx.to_pure_dict(grads), nnx.to_pure_dict(grads_remat))
+    jax.tree.map(
+        lambda a, b: np.testing.assert_allclose(a, b, rtol=1e-5, atol=1e-7),
+        nnx.to_pure_dict(grads),
+        nnx.to_pure_dict(grads_remat),
+    )
 
     ref = np.asarray(decode(model, tokens))
     out = decode(variant(dtype=jnp.bfloat16), tokens)

@@ -17,7 +17,7 @@ import jax
 import jax.numpy as jnp
 from flax import nnx
 
-from pairuni_jax.models.llama import KVCache, LlamaConfig, LlamaModel
+from pairuni_jax.models.llama import DecoderLayer, KVCache, LlamaConfig, LlamaModel
 from pairuni_jax.models.projector import AlignerMLP, GenerationHead
 from pairuni_jax.models.siglip import SiglipConfig, SiglipVisionModel
 from pairuni_jax.models.vq import VQConfig, VQModel
@@ -182,9 +182,13 @@ class Janus(nnx.Module):
         positions: Array,
         attention_mask: Array,
         cache: KVCache | None = None,
+        layers: tuple[DecoderLayer, ...] | None = None,
     ) -> tuple[Array, KVCache | None]:
-        """LLM forward: embeds [B, S, H] → final-norm hidden states [B, S, H] (and the cache)."""
-        return self.language_model(embeds, positions, attention_mask, cache)
+        """LLM forward: embeds [B, S, H] → final-norm hidden states [B, S, H] (and the cache).
+
+        layers: ``language_model.split_layers()``, computed once by a sampling loop (see
+        ``LlamaModel.__call__``)."""
+        return self.language_model(embeds, positions, attention_mask, cache, layers)
 
     def text_logits(self, hidden: Array) -> Array:
         """[B, S, H] → [B, S, V]."""

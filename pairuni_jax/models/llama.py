@@ -150,6 +150,21 @@ def dot_product_attention(q: Array, k: Array, v: Array, mask: Array) -> Array:
     return out.reshape(b, s, n, d)
 
 
+def causal_attention(q: Array, k: Array, v: Array, mask: Array, block: int = 256) -> Array:
+    """``dot_product_attention`` of S positions over their own keys under a causal ``mask``.
+
+    q: [B, S, N, D]; k, v: [B, K, S, D]; mask: bool[B, S, S], False wherever the key comes after
+    the query. Queries go in blocks of ``block``, each over the keys up to its last position:
+    the masked upper triangle is never computed (about a third less work for a 640-token prompt).
+    """
+    s = q.shape[1]
+    outs = [
+        dot_product_attention(q[:, a:b], k[:, :, :b], v[:, :, :b], mask[:, a:b, :b])
+        for a, b in ((a, min(a + block, s)) for a in range(0, s, block))
+    ]
+    return jnp.concatenate(outs, axis=1)
+
+
 def _linear(din: int, dout: int, names: tuple[str, str], rngs: nnx.Rngs, **kw) -> nnx.Linear:
     return nnx.Linear(
         din,
@@ -202,7 +217,10 @@ class Attention(nnx.Module):
             start = (0, 0, index, 0)
             k = jax.lax.dynamic_update_slice(past[0], k.astype(past[0].dtype), start)
             v = jax.lax.dynamic_update_slice(past[1], v.astype(past[1].dtype), start)
-        out = dot_product_attention(q, k.astype(q.dtype), v.astype(q.dtype), mask)
+        # S keys for S queries: no cache, or a prefill filling a cache of exactly S slots (which
+        # must start at slot 0). Either way the mask is causal.
+        attend = causal_attention if k.shape[2] == s else dot_product_attention
+        out = attend(q, k.astype(q.dtype), v.astype(q.dtype), mask)
         out = self.o_proj(out.reshape(b, s, c.num_heads * c.head_dim))
         return out, (None if past is None else (k, v))
 
@@ -276,12 +294,26 @@ class LlamaModel(nnx.Module):
             config.hidden_size, config.rms_norm_eps, dtype=dtype, param_dtype=param_dtype
         )
 
+    def split_layers(self) -> tuple[DecoderLayer, ...]:
+        """The stacked layers as L separate modules, each with its parameters sliced out of the
+        stack and cast to the compute dtype.
+
+        Sampling loops call this once, before the loop, and pass the result to every cached
+        forward: slicing (and casting) inside the loop would copy every weight at every token.
+        """
+        graphdef, state = nnx.split(self.layers)
+        return tuple(
+            nnx.merge(graphdef, jax.tree.map(lambda w, i=i: w[i].astype(self.dtype), state))
+            for i in range(self.config.num_layers)
+        )
+
     def __call__(
         self,
         embeds: Array,
         positions: Array,
         attention_mask: Array,
         cache: KVCache | None = None,
+        layers: tuple[DecoderLayer, ...] | None = None,
     ) -> tuple[Array, KVCache | None]:
         """Runs the decoder over ``embeds`` [B, S, H] and returns the final-norm hidden states.
 
@@ -289,14 +321,15 @@ class LlamaModel(nnx.Module):
         attention_mask: bool[B, S], False on padding.
         cache: if given, the S new keys/values go to slots ``cache.index .. + S`` and queries
         attend over every valid slot up to their own; the updated cache is returned. The layers
-        then run unrolled (sampling needs no gradients, so ``remat`` does not apply).
+        then run as a Python loop over ``layers`` (``split_layers()``, computed here when None);
+        sampling needs no gradients, so ``remat`` does not apply.
         """
         c = self.config
         s = embeds.shape[1]
         cos, sin = rope_tables(positions, c.head_dim, c.rope_theta, self.dtype)
         x = constrain(embeds.astype(self.dtype), "batch", "length", "embed")
-        graphdef, layer_state = nnx.split(self.layers)
         if cache is None:
+            graphdef, layer_state = nnx.split(self.layers)
             causal = jnp.tril(jnp.ones((s, s), bool))
             mask = causal[None] & attention_mask[:, None, :]
 
@@ -311,14 +344,14 @@ class LlamaModel(nnx.Module):
             return self.norm(x), None
 
         # With a cache (sampling), the layers run as a Python loop over the per-layer buffers.
+        layers = self.split_layers() if layers is None else layers
         index = cache.index
         valid = jax.lax.dynamic_update_slice(cache.valid, attention_mask, (0, index))
         slot = jnp.arange(cache.length)
         query_slot = index + jnp.arange(s)
         mask = valid[:, None, :] & (slot[None, None, :] <= query_slot[None, :, None])
         keys, values = [], []
-        for i in range(c.num_layers):
-            layer = nnx.merge(graphdef, jax.tree.map(lambda w, i=i: w[i], layer_state))
+        for i, layer in enumerate(layers):
             x, (k, v) = layer(x, cos, sin, mask, (cache.k[i], cache.v[i]), index)
             keys.append(k)
             values.append(v)

@@ -140,13 +140,19 @@ class _LayerFactory:
     param_dtype: Any
     rngs: nnx.Rngs
 
-    def conv(self, c_in: int, c_out: int, kernel: int, *, stride: int = 1,
-             padding: int = 0) -> nnx.Conv:
+    def conv(
+        self, c_in: int, c_out: int, kernel: int, *, stride: int = 1, padding: int = 0
+    ) -> nnx.Conv:
         """``kernel x kernel`` convolution with bias; ``padding`` zero pixels on every side."""
         return nnx.Conv(
-            c_in, c_out, (kernel, kernel), strides=stride,
+            c_in,
+            c_out,
+            (kernel, kernel),
+            strides=stride,
             padding=((padding, padding), (padding, padding)),
-            dtype=self.dtype, param_dtype=self.param_dtype, rngs=self.rngs,
+            dtype=self.dtype,
+            param_dtype=self.param_dtype,
+            rngs=self.rngs,
             kernel_metadata=sharding.axes(None, None, "conv_in", "conv_out"),
             bias_metadata=sharding.axes("conv_out"),
         )
@@ -154,9 +160,14 @@ class _LayerFactory:
     def norm(self, channels: int) -> nnx.GroupNorm:
         """GroupNorm with statistics in fp32 (two-pass variance, as torch)."""
         return nnx.GroupNorm(
-            channels, num_groups=self.config.num_groups, epsilon=self.config.norm_eps,
-            use_fast_variance=False, dtype=self.dtype, param_dtype=self.param_dtype,
-            rngs=self.rngs, scale_metadata=sharding.axes("norm"),
+            channels,
+            num_groups=self.config.num_groups,
+            epsilon=self.config.norm_eps,
+            use_fast_variance=False,
+            dtype=self.dtype,
+            param_dtype=self.param_dtype,
+            rngs=self.rngs,
+            scale_metadata=sharding.axes("norm"),
             bias_metadata=sharding.axes("norm"),
         )
 
@@ -239,8 +250,9 @@ class MidBlock(nnx.Module):
 class _Level(nnx.Module):
     """ResNet blocks of one resolution level, each followed by attention when the level has it."""
 
-    def __init__(self, layers: _LayerFactory, c_in: int, c_out: int, num_blocks: int, *,
-                 with_attention: bool):
+    def __init__(
+        self, layers: _LayerFactory, c_in: int, c_out: int, num_blocks: int, *, with_attention: bool
+    ):
         channels = [c_in] + [c_out] * num_blocks
         self.block = nnx.List(
             [ResnetBlock(layers, channels[i], channels[i + 1]) for i in range(num_blocks)]
@@ -261,8 +273,16 @@ class _Level(nnx.Module):
 class DownLevel(_Level):
     """Encoder level: blocks, then ``downsample`` (absent on the lowest-resolution level)."""
 
-    def __init__(self, layers: _LayerFactory, c_in: int, c_out: int, num_blocks: int, *,
-                 with_attention: bool, downsample: bool):
+    def __init__(
+        self,
+        layers: _LayerFactory,
+        c_in: int,
+        c_out: int,
+        num_blocks: int,
+        *,
+        with_attention: bool,
+        downsample: bool,
+    ):
         super().__init__(layers, c_in, c_out, num_blocks, with_attention=with_attention)
         self.downsample = Downsample(layers, c_out) if downsample else None
 
@@ -275,8 +295,16 @@ class DownLevel(_Level):
 class UpLevel(_Level):
     """Decoder level: blocks, then ``upsample`` (absent on the highest-resolution level)."""
 
-    def __init__(self, layers: _LayerFactory, c_in: int, c_out: int, num_blocks: int, *,
-                 with_attention: bool, upsample: bool):
+    def __init__(
+        self,
+        layers: _LayerFactory,
+        c_in: int,
+        c_out: int,
+        num_blocks: int,
+        *,
+        with_attention: bool,
+        upsample: bool,
+    ):
         super().__init__(layers, c_in, c_out, num_blocks, with_attention=with_attention)
         self.upsample = Upsample(layers, c_out) if upsample else None
 
@@ -304,11 +332,19 @@ class Encoder(nnx.Module):
         last = len(widths) - 1
         self.remat = remat
         self.conv_in = layers.conv(cfg.in_channels, widths[0], 3, padding=1)
-        self.down = nnx.List([
-            DownLevel(layers, widths[max(i - 1, 0)], widths[i], cfg.num_res_blocks,
-                      with_attention=i == last, downsample=i != last)
-            for i in range(len(widths))
-        ])
+        self.down = nnx.List(
+            [
+                DownLevel(
+                    layers,
+                    widths[max(i - 1, 0)],
+                    widths[i],
+                    cfg.num_res_blocks,
+                    with_attention=i == last,
+                    downsample=i != last,
+                )
+                for i in range(len(widths))
+            ]
+        )
         self.mid = MidBlock(layers, widths[-1])
         self.norm_out = layers.norm(widths[-1])
         self.conv_out = layers.conv(widths[-1], cfg.latent_channels, 3, padding=1)
@@ -333,11 +369,19 @@ class Decoder(nnx.Module):
         self.remat = remat
         self.conv_in = layers.conv(cfg.latent_channels, widths[0], 3, padding=1)
         self.mid = MidBlock(layers, widths[0])
-        self.up = nnx.List([
-            UpLevel(layers, widths[max(i - 1, 0)], widths[i], cfg.num_res_blocks + 1,
-                    with_attention=i == 0, upsample=i != last)
-            for i in range(len(widths))
-        ])
+        self.up = nnx.List(
+            [
+                UpLevel(
+                    layers,
+                    widths[max(i - 1, 0)],
+                    widths[i],
+                    cfg.num_res_blocks + 1,
+                    with_attention=i == 0,
+                    upsample=i != last,
+                )
+                for i in range(len(widths))
+            ]
+        )
         self.norm_out = layers.norm(widths[-1])
         self.conv_out = layers.conv(widths[-1], cfg.out_channels, 3, padding=1)
 
@@ -359,7 +403,10 @@ class VectorQuantizer(nnx.Module):
 
     def __init__(self, config: VQConfig, *, param_dtype: Any, rngs: nnx.Rngs):
         self.embedding = nnx.Embed(
-            config.num_embeddings, config.embed_dim, param_dtype=param_dtype, rngs=rngs,
+            config.num_embeddings,
+            config.embed_dim,
+            param_dtype=param_dtype,
+            rngs=rngs,
             embedding_metadata=sharding.axes("vocab", None),
         )
 
@@ -391,8 +438,15 @@ class VQModel(nnx.Module):
     differentiating through the decoder).
     """
 
-    def __init__(self, config: VQConfig, *, dtype: Any = jnp.float32,
-                 param_dtype: Any = jnp.float32, remat: bool = False, rngs: nnx.Rngs):
+    def __init__(
+        self,
+        config: VQConfig,
+        *,
+        dtype: Any = jnp.float32,
+        param_dtype: Any = jnp.float32,
+        remat: bool = False,
+        rngs: nnx.Rngs,
+    ):
         self.config = config
         layers = _LayerFactory(config, dtype, param_dtype, rngs)
         self.encoder = Encoder(layers, remat=remat)

@@ -54,10 +54,13 @@ class RolloutConfig:
     top_p: float = 1.0  # these off unless you accept that off-policy gap.
     cfg_weight: float = 5.0
     image_temperature: float = 1.0
+    image_cache_segments: int = 4  # ImageSettings.cache_segments: decode speed vs compile time
 
     def __post_init__(self):
         if self.num_und_rollouts < 2 or self.num_gen_rollouts < 2:
             raise ValueError("GRPO needs at least 2 rollouts per group on each side")
+        if self.image_cache_segments < 1:
+            raise ValueError(f"image_cache_segments must be >= 1, got {self.image_cache_segments}")
 
 
 @dataclasses.dataclass(frozen=True)

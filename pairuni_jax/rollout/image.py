@@ -7,8 +7,8 @@ As in the original ``generation_inference.py``: every prompt row gets an uncondi
 ``[BOS, PAD, ..., PAD, <begin_of_image>]`` (the prompt with its inner tokens replaced by PAD), the
 two rows sit next to each other in one batch of 2B (cond at even, uncond at odd rows, so a batch
 shard keeps its pairs), the guided logits are ``uncond + w · (cond − uncond)``, and each sampled
-token is fed back through ``embed_image_tokens`` to both rows. P is static, so the decode is a
-``lax.scan`` with no stopping logic.
+token is fed back through ``embed_image_tokens`` to both rows. P is static, so the decode is
+``lax.scan`` with no stopping logic (a few in a row, over a growing cache: ``cache_segments``).
 
 ``sample_images`` is a pure function with fixed shapes (see ``text.py`` for how to call it inside
 a larger jitted program); ``sample_images_jit`` compiles it alone.
@@ -22,6 +22,7 @@ import functools
 import flax.struct
 import jax
 import jax.numpy as jnp
+import numpy as np
 from flax import nnx
 
 from pairuni_jax.models.janus import Janus
@@ -42,6 +43,10 @@ class ImageSettings:
     temperature: divides the guided logits; greedy: argmax instead of sampling. The original has
       no top-k / top-p for images, so neither is offered.
     samples_per_prompt: K images per prompt, sharing one prefill (GRPO's group).
+    cache_segments: the P decode steps run as this many loops, each over a KV cache just long
+      enough for its last step (grown between loops), so early tokens do not attend over the
+      empty slots of later ones: decode attention reads about 35% fewer slots at 4. Each loop
+      is compiled separately (compile time grows with it); 1 = one loop over a full cache.
     """
 
     pad_id: int
@@ -49,8 +54,13 @@ class ImageSettings:
     temperature: float = 1.0
     greedy: bool = False
     samples_per_prompt: int = 1
+    cache_segments: int = 4
 
     def __post_init__(self):
+        if self.cache_segments < 1:
+            raise ValueError(
+                f"ImageSettings.cache_segments must be >= 1, got {self.cache_segments}"
+            )
         if self.samples_per_prompt < 1:
             raise ValueError(
                 f"ImageSettings.samples_per_prompt must be >= 1, got {self.samples_per_prompt}"
@@ -126,11 +136,13 @@ def sample_images(
         constrain(prompt_mask, "batch", "length"),
         settings.pad_id,
     )
+    layers = model.language_model.split_layers()
     hidden, cache = cache_lib.prefill(
         model,
         model.embed(constrain(ids, "batch", "length")),
         constrain(mask, "batch", "length"),
-        ids.shape[1] + num_tokens - 1,
+        ids.shape[1],
+        layers,
         samples_per_prompt=k,
         group=2,
     )
@@ -145,15 +157,21 @@ def sample_images(
     def body(carry, step):
         token, cache = carry
         embeds = jnp.repeat(model.embed_image_tokens(token), 2, axis=0)
-        hidden, cache = cache_lib.decode_step(model, embeds, next_positions + step - 1, cache)
+        hidden, cache = cache_lib.decode_step(
+            model, embeds, next_positions + step - 1, cache, layers
+        )
         out = pick(hidden, step)
         return (out[0], cache), out
 
     first = pick(hidden, 0)
-    _, rest = jax.lax.scan(body, (first[0], cache), jnp.arange(1, num_tokens, dtype=jnp.int32))
+    carry, outputs = (first[0], cache), [tuple(x[:, None] for x in first)]
+    for steps in np.array_split(np.arange(1, num_tokens, dtype=np.int32), settings.cache_segments):
+        if steps.size:  # step t writes slot S + t - 1
+            carry = (carry[0], cache_lib.extend(carry[1], ids.shape[1] + int(steps[-1])))
+            carry, out = jax.lax.scan(body, carry, jnp.asarray(steps))
+            outputs.append(tuple(x.T for x in out))
     tokens, log_probs, cond_log_probs = (
-        constrain(jnp.concatenate([a[:, None], b.T], axis=1), "batch", None)
-        for a, b in zip(first, rest, strict=True)
+        constrain(jnp.concatenate(parts, axis=1), "batch", None) for parts in zip(*outputs)
     )
     return ImageRollout(tokens=tokens, log_probs=log_probs, cond_log_probs=cond_log_probs)
 

@@ -105,7 +105,10 @@ def sample_text(
     input_ids = constrain(input_ids, "batch", "length")
     prompt_mask = constrain(prompt_mask, "batch", "length")
     embeds = model.embed(input_ids, pixel_values, image_mask)
-    hidden, cache = cache_lib.prefill(model, embeds, prompt_mask, input_ids.shape[1] + n - 1, k)
+    layers = model.language_model.split_layers()
+    hidden, cache = cache_lib.prefill(
+        model, embeds, prompt_mask, input_ids.shape[1] + n - 1, layers, k
+    )
     prompt_lengths = jnp.repeat(jnp.sum(prompt_mask, axis=-1, dtype=jnp.int32), k)
     keys = sampling.row_keys(rng, batch)
 
@@ -133,7 +136,7 @@ def sample_text(
         step, tokens, log_probs, done, cache = state
         previous = jax.lax.dynamic_index_in_dim(tokens, step - 1, axis=1, keepdims=False)
         hidden, cache = cache_lib.decode_step(
-            model, model.embed(previous), prompt_lengths + step - 1, cache
+            model, model.embed(previous), prompt_lengths + step - 1, cache, layers
         )
         token, log_prob = pick(hidden, step, done)
         tokens = jax.lax.dynamic_update_index_in_dim(tokens, token, step, axis=1)
