@@ -67,15 +67,7 @@ from pairuni_jax.rollout import text as text_rollout  # noqa: E402
 
 BOS, EOS, PAD, BOI, EOI, IMAGE = 100000, 100001, 100015, 100016, 100593, 100581
 SMALL = JanusConfig(
-    text=LlamaConfig(
-        hidden_size=512,
-        intermediate_size=1408,
-        num_layers=8,
-        num_heads=8,
-        num_kv_heads=8,
-        head_dim=64,
-        max_position_embeddings=4096,
-    ),
+    text=LlamaConfig.small(),
     vision=SiglipConfig(hidden_size=64, num_layers=1, num_heads=2),
     vq=VQConfig(base_channels=32, latent_channels=32, num_res_blocks=1),
     image_token_id=IMAGE,

@@ -32,16 +32,7 @@ from tests import train_fixtures as fx  # noqa: E402
 
 def small_config() -> JanusConfig:
     return JanusConfig(
-        text=LlamaConfig(
-            vocab_size=102400,
-            hidden_size=512,
-            intermediate_size=1408,
-            num_layers=8,
-            num_heads=8,
-            num_kv_heads=8,
-            head_dim=64,
-            max_position_embeddings=2048,
-        ),
+        text=LlamaConfig.small(),
         vision=SiglipConfig(
             image_size=64, patch_size=16, hidden_size=256, num_layers=4, num_heads=4
         ),

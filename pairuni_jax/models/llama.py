@@ -59,6 +59,19 @@ class LlamaConfig:
         )
 
     @classmethod
+    def small(cls) -> LlamaConfig:
+        """Benchmark size (``scripts/bench_*.py``): the real vocabulary, width 512, 8 layers."""
+        return cls(
+            hidden_size=512,
+            intermediate_size=1408,
+            num_layers=8,
+            num_heads=8,
+            num_kv_heads=8,
+            head_dim=64,
+            max_position_embeddings=4096,
+        )
+
+    @classmethod
     def tiny(cls) -> LlamaConfig:
         return cls(
             vocab_size=1024,
