@@ -14,6 +14,7 @@ from pathlib import Path
 from typing import Any
 
 from pairuni_jax import config as config_lib
+from pairuni_jax.cluster import ClusterConfig
 from pairuni_jax.data.pipeline import DataConfig
 from pairuni_jax.rl.optimizer import OptimizerConfig
 from pairuni_jax.rl.train_step import GRPOConfig, RolloutConfig
@@ -93,6 +94,7 @@ class RunConfig:
     steps: int = 20
     seed: int = 0
     distributed: bool | None = None  # None: initialise jax.distributed when launched multi-host
+    cluster: ClusterConfig = dataclasses.field(default_factory=ClusterConfig)  # explicit hosts
     model: ModelSection = dataclasses.field(default_factory=ModelSection)
     reward: RewardSection = dataclasses.field(default_factory=RewardSection)
     data: DataConfig = dataclasses.field(default_factory=demo_data)

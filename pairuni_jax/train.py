@@ -4,21 +4,23 @@ Reads top to bottom: ``setup`` (mesh, policy, reward model, tokenizers, data, op
 step, checkpoints, resume), then ``Trainer.run`` (step, log, sample, checkpoint; save and exit on
 SIGTERM). The step itself is ``rl.train_step.TrainStep``.
 
-On a pod every host runs this same program: ``jax.distributed.initialize()`` joins them, each host
-feeds its shard of the pair file, and the global batch is assembled with
-``jax.make_array_from_process_local_data``.
+On several hosts every process runs this same program: ``cluster.initialize`` joins them (explicit
+coordinates or auto-detected), each process reads its rows of each global batch of one global data
+order (``cluster.host_rows``) and the global batch is assembled with
+``jax.make_array_from_process_local_data``. Only the lead process writes logs, samples and the
+resolved config; every process takes part in checkpoint saves, each with its own data position.
 """
 
 from __future__ import annotations
 
 import dataclasses
-import os
 import signal
 import sys
 import time
 from pathlib import Path
 from typing import Any
 
+import grain
 import jax
 import jax.numpy as jnp
 import numpy as np
@@ -26,13 +28,15 @@ import optax
 import orbax.checkpoint as ocp
 import yaml
 from flax import nnx
+from jax.experimental import multihost_utils
 from tqdm import tqdm
 
+from pairuni_jax import cluster as cluster_lib
 from pairuni_jax import config as config_lib
 from pairuni_jax import flops, sharding
 from pairuni_jax.checkpoint import convert as janus_convert
 from pairuni_jax.checkpoint import model_dir
-from pairuni_jax.data.pipeline import PairPipeline
+from pairuni_jax.data.pipeline import HostSlice, PairPipeline
 from pairuni_jax.data.prompts import SpecialIds, load_tokenizer
 from pairuni_jax.logging.metrics import MetricsWriter, format_line
 from pairuni_jax.logging.samples import save_answers, save_image_grid
@@ -60,10 +64,9 @@ def is_lead() -> bool:
 
 
 def maybe_initialize_distributed(config: RunConfig) -> None:
-    """Joins the hosts of a multi-host slice (TPU VMs set the coordinator environment)."""
-    multi_host = any(k in os.environ for k in ("JAX_COORDINATOR_ADDRESS", "TPU_WORKER_HOSTNAMES"))
-    if config.distributed or (config.distributed is None and multi_host):
-        jax.distributed.initialize()
+    """Joins the processes of a multi-host run: ``config.cluster`` when given, else
+    auto-detected on a multi-host slice (``cluster.initialize``)."""
+    cluster_lib.initialize(config.cluster, config.distributed)
 
 
 # -- the parts of a run --------------------------------------------------------------------------
@@ -92,6 +95,11 @@ def load_policy(
     except model_dir.NotAModelDirError:  # a Hugging Face checkpoint: convert it once
         directory = run_dir / "model"
         if not directory.exists():
+            if jax.process_count() > 1:  # one conversion, not one per host into the same dir
+                raise cluster_lib.ClusterError(
+                    f"model.path {source} is a Hugging Face checkpoint: convert it once before a "
+                    f"multi-host run (pairuni convert hf-to-orbax {source} DIR; model.path=DIR)"
+                ) from None
             print(f"converting {source} to {directory}", file=sys.stderr)
             janus_convert.hf_to_orbax(source, directory)
     model = janus_convert.load_model(directory, mesh, **kw)
@@ -119,10 +127,20 @@ def batch_sharding(mesh: jax.sharding.Mesh, global_pairs: int) -> jax.sharding.N
         return jax.sharding.NamedSharding(mesh, spec)
     if jax.process_count() == 1:
         return jax.sharding.NamedSharding(mesh, jax.sharding.PartitionSpec())
-    raise ValueError(
+    raise cluster_lib.HostLayoutError(
         f"data.pairs_per_host × hosts = {global_pairs} pairs do not split over the "
         f"data × fsdp = {ways} batch shards of the mesh"
     )
+
+
+def host_slice(
+    batch: jax.sharding.NamedSharding, pairs_per_host: int, mesh: jax.sharding.Mesh
+) -> HostSlice:
+    """This process's rows of each global batch: those its devices hold under ``batch``."""
+    global_pairs = pairs_per_host * jax.process_count()
+    rows = cluster_lib.host_rows(batch, global_pairs)
+    cluster_lib.check_host_rows(rows, pairs_per_host, mesh)
+    return HostSlice(global_pairs, tuple(int(r) for r in rows))
 
 
 def check_rollout_rows(config: RunConfig, mesh: jax.sharding.Mesh, global_pairs: int) -> None:
@@ -189,6 +207,8 @@ def setup(config: RunConfig) -> Run:
     pipeline = PairPipeline(data_config, tokenizer, clip_tokenizer_dir)
     global_pairs = data_config.pairs_per_host * jax.process_count()
     check_rollout_rows(config, mesh, global_pairs)
+    batch_sharding_ = batch_sharding(mesh, global_pairs)
+    host = host_slice(batch_sharding_, data_config.pairs_per_host, mesh)
 
     opt_config = config.optimizer
     optimizer = opt_lib.make_optimizer(opt_config)
@@ -208,12 +228,11 @@ def setup(config: RunConfig) -> Run:
             enable_async_checkpointing=config.checkpoint.async_save,
         ),
     )
-    data_iter = pipeline.iterator()
+    data_iter = pipeline.iterator(host)
     start_step = 0
     latest = checkpoints.latest_step()
     if latest is not None:
-        state, data_state = restore_checkpoint(checkpoints, latest, state)
-        data_iter.set_state(data_state)
+        state, data_iter = restore_checkpoint(checkpoints, latest, state, data_iter)
         start_step = latest
         if is_lead():
             print(f"resumed from {run_dir / 'checkpoints'} at step {latest}", file=sys.stderr)
@@ -225,7 +244,7 @@ def setup(config: RunConfig) -> Run:
         state,
         pipeline,
         data_iter,
-        batch_sharding(mesh, global_pairs),
+        batch_sharding_,
         checkpoints,
         tokenizer,
         start_step,
@@ -301,29 +320,37 @@ def _saved_state(state: TrainState) -> dict[str, Any]:
 
 
 def save_checkpoint(
-    manager: ocp.CheckpointManager, step: int, state: TrainState, data_state: Any
+    manager: ocp.CheckpointManager,
+    step: int,
+    state: TrainState,
+    data_iter: grain.DatasetIterator,
 ) -> None:
+    """Called by every process: Orbax writes each process's shards of the state, Grain's handler
+    each process's data position (``data/process_{i}-of-{n}.json``, read at save time)."""
     manager.save(
         step,
         args=ocp.args.Composite(
             state=ocp.args.StandardSave(_saved_state(state)),
-            data=ocp.args.JsonSave(data_state),
+            data=grain.checkpoint.CheckpointSave(data_iter),
         ),
     )
 
 
 def restore_checkpoint(
-    manager: ocp.CheckpointManager, step: int, state: TrainState
-) -> tuple[TrainState, Any]:
+    manager: ocp.CheckpointManager,
+    step: int,
+    state: TrainState,
+    data_iter: grain.DatasetIterator | None = None,
+) -> tuple[TrainState, grain.DatasetIterator | None]:
+    """The saved state (and ``data_iter`` moved to this process's saved data position)."""
     target = jax.tree.map(
         lambda x: jax.ShapeDtypeStruct(x.shape, x.dtype, sharding=x.sharding), _saved_state(state)
     )
-    restored = manager.restore(
-        step,
-        args=ocp.args.Composite(
-            state=ocp.args.StandardRestore(target), data=ocp.args.JsonRestore()
-        ),
-    )
+    items = {"state": ocp.args.StandardRestore(target)}
+    if data_iter is not None:
+        check_data_positions(manager.directory / str(step) / "data", step)
+        items["data"] = grain.checkpoint.CheckpointRestore(data_iter)
+    restored = manager.restore(step, args=ocp.args.Composite(**items))
     saved = restored["state"]
     ref = state.ref_params
     if ref is not None:  # the KL reference is the initial policy, not the resumed one
@@ -332,7 +359,20 @@ def restore_checkpoint(
         state.replace(
             step=saved["step"], params=saved["params"], opt_state=saved["opt_state"], ref_params=ref
         ),
-        restored["data"],
+        restored.get("data"),
+    )
+
+
+def check_data_positions(directory: Any, step: int) -> None:
+    """The checkpoint holds this process's data position (saved by as many processes as now)."""
+    mine = directory / f"process_{jax.process_index()}-of-{jax.process_count()}.json"
+    if mine.is_file():
+        return
+    saved = sorted(p.name for p in directory.glob("process_*-of-*.json"))
+    raise cluster_lib.HostLayoutError(
+        f"checkpoint step {step} in {directory.parent.parent} holds the data positions "
+        f"{saved or 'of no process'}, not {mine.name}: resume it with the number of processes "
+        f"that saved it"
     )
 
 
@@ -356,7 +396,11 @@ class Trainer:
             tensorboard=config.logging.tensorboard,
             start_step=run.start_step + 1 if run.start_step else None,
         )
-        previous = signal.signal(signal.SIGTERM, self._request_stop)
+        # One process: SIGTERM sets a flag. Several: JAX's preemption service hears it, and
+        # every process learns at the same step (``reached_preemption``) that all must save.
+        previous = None
+        if not jax.distributed.is_initialized():
+            previous = signal.signal(signal.SIGTERM, self._request_stop)
         rng = jax.random.key(config.seed)
         history: list[dict[str, float]] = []
         state, step = run.state, run.start_step
@@ -367,9 +411,13 @@ class Trainer:
             with jax.set_mesh(run.mesh):
                 while step < config.steps and not self.stop_requested:
                     batch = self._next_batch()
+                    if step == run.start_step:
+                        self._compile_together(state, batch, rng)
                     start = time.perf_counter()
                     state, metrics = run.step_fn(state, batch, rng)
                     step += 1
+                    if run.checkpoints.reached_preemption(step):
+                        self.stop_requested = True
                     if step % config.logging.every == 0 or step == config.steps:
                         values = {k: float(v) for k, v in jax.device_get(metrics).items()}
                         values["step_seconds"] = time.perf_counter() - start
@@ -395,13 +443,14 @@ class Trainer:
                         or step == config.steps
                         or self.stop_requested
                     ):
-                        save_checkpoint(run.checkpoints, step, state, run.data_iter.get_state())
+                        save_checkpoint(run.checkpoints, step, state, run.data_iter)
                     bar.update()
         finally:
             bar.close()
             run.checkpoints.wait_until_finished()
             writer.close()
-            signal.signal(signal.SIGTERM, previous)
+            if previous is not None:
+                signal.signal(signal.SIGTERM, previous)
         run.state = state
         if is_lead():
             report = run.pipeline.report
@@ -411,21 +460,39 @@ class Trainer:
             )
         return history
 
+    def _compile_together(self, state: TrainState, batch: dict, rng: jax.Array) -> None:
+        """Several processes: compile the step, then wait for each other before running it, so
+        one that compiles slower (on CPU the persistent cache serves only process 0) does not
+        make the first step's collectives time out."""
+        if jax.process_count() == 1:
+            return
+        self.run.step_fn.lower(state, batch, rng).compile()  # the step's first call reuses it
+        cluster_lib.barrier("pairuni: train step compiled", cluster_lib.STEP_COMPILE_TIMEOUT_S)
+
     def _next_batch(self) -> dict[str, jax.Array]:
+        """This process's rows (``Run.data_iter``) assembled into the global batch: local row
+        ``j`` lands at global row ``rows[j]`` (``cluster.host_rows``)."""
         local = next(self.run.data_iter)
         sharding_ = self.run.batch_sharding
+        pairs = self.run.pipeline.config.pairs_per_host * jax.process_count()
         return {
-            k: jax.make_array_from_process_local_data(sharding_, np.asarray(v))
+            k: jax.make_array_from_process_local_data(
+                sharding_, np.asarray(v), (pairs, *np.shape(v)[1:])
+            )
             for k, v in local.items()
         }
 
     def _write_samples(self, step: int, batch: dict, writer: MetricsWriter) -> None:
-        samples = jax.device_get(self.run.step_fn.last_samples)
-        if not is_lead() or samples is None:
+        samples = self.run.step_fn.last_samples
+        if samples is None:
             return
-        record = self.run.pipeline.record(
-            int(np.asarray(batch["record_index"].addressable_data(0))[0])
+        # Every process takes part: the arrays may be spread over all of them.
+        samples, first = multihost_utils.process_allgather(
+            (samples, batch["record_index"][0]), tiled=True
         )
+        if not is_lead():
+            return
+        record = self.run.pipeline.record(int(first))
         prompt = record.generate.prompt
         captions = [f"{prompt} | hps {r:.3f}" for r in samples["image_rewards"]]
         directory = self.run.run_dir / "samples"

@@ -1,12 +1,14 @@
 """``pairuni train [--config FILE ...] [key.sub=value ...]``: run Pair-GRPO.
 
 With no arguments it runs the embedded tiny demo on CPU (``configs/tiny.yaml`` spells out the
-same defaults). Config files are applied in order, then the overrides.
+same defaults). Config files are applied in order, then the overrides, then the cluster flags.
 """
 
 from __future__ import annotations
 
 import argparse
+import dataclasses
+import sys
 
 
 def register(subparsers: argparse._SubParsersAction) -> None:
@@ -16,6 +18,7 @@ def register(subparsers: argparse._SubParsersAction) -> None:
         description=__doc__.splitlines()[0],
     )
     add_run_config_arguments(parser)
+    add_cluster_arguments(parser)
     parser.set_defaults(func=run)
 
 
@@ -31,9 +34,40 @@ def add_run_config_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("overrides", nargs="*", metavar="key.sub=value", help="config overrides")
 
 
+def add_cluster_arguments(parser: argparse.ArgumentParser) -> None:
+    """The ``cluster`` section's coordinates as flags (they win over the config and environment)."""
+    group = parser.add_argument_group(
+        "cluster", "run as one of several processes (default: one process, or auto-detected)"
+    )
+    group.add_argument(
+        "--coordinator", metavar="HOST:PORT", help="where process 0 listens (cluster.coordinator)"
+    )
+    group.add_argument(
+        "--num-processes",
+        type=int,
+        metavar="N",
+        help="processes in the run (cluster.num_processes)",
+    )
+    group.add_argument(
+        "--process-id", type=int, metavar="I", help="this process, 0..N-1 (cluster.process_id)"
+    )
+
+
 def run(args: argparse.Namespace) -> int:
+    from pairuni_jax.cluster import ClusterError
     from pairuni_jax.run_config import load_run_config
     from pairuni_jax.train import train
 
-    train(load_run_config(args.config, args.overrides))
+    try:
+        config = load_run_config(args.config, args.overrides)
+        flags = {
+            name: getattr(args, name)
+            for name in ("coordinator", "num_processes", "process_id")
+            if getattr(args, name) is not None
+        }
+        config = dataclasses.replace(config, cluster=dataclasses.replace(config.cluster, **flags))
+        train(config)
+    except ClusterError as e:
+        print(f"error: {e}", file=sys.stderr)
+        return 2
     return 0

@@ -3,8 +3,12 @@
 Order of operations (one global order, then one slice per host)::
 
     valid records --shuffle(seed; reshuffled each epoch)--> repeat(num_epochs)
-      --> [truncate to whole global batches when finite] --> [shard_index::shard_count]
+      --> global batches of G pairs (whole ones only) --> this host's rows of each (``HostSlice``)
       --> map(PairEncoder: image + prompts + HPS tokens) --> batch(P) --> threads / worker processes
+
+Global batch ``s`` is positions ``[s * G, (s + 1) * G)`` of the global order whatever the number of
+hosts; a host reads only its rows of it (``HostSlice.rows``, the rows its devices hold), so every
+pair is read by one host and a step sees the same pairs in the same rows on 1 host or 16.
 
 Every record is validated once when the pipeline is built (``records.scan_jsonl``, plus the
 tokenized-length limits); ``on_error="skip"`` leaves bad records out of the order and counts them in
@@ -125,6 +129,58 @@ class DataConfig:
             num_image_tokens=16,
         )
         return cls(**(values | overrides))
+
+
+@dataclasses.dataclass(frozen=True)
+class HostSlice:
+    """The rows of every global batch that one host reads.
+
+    Attributes:
+      global_pairs: G, pairs in one global batch (all hosts together).
+      rows: this host's rows of it, ascending, in ``[0, G)``; row ``j`` of the host's batch ``s``
+        is position ``s * G + rows[j]`` of the global order.
+    """
+
+    global_pairs: int
+    rows: tuple[int, ...]
+
+    def __post_init__(self):
+        rows = list(self.rows)
+        if not rows or rows != sorted(set(rows)) or rows[0] < 0 or rows[-1] >= self.global_pairs:
+            raise ValueError(
+                f"HostSlice rows must be ascending, distinct and in [0, {self.global_pairs}), "
+                f"got {self.rows}"
+            )
+
+    @classmethod
+    def block(cls, index: int, count: int, pairs_per_host: int) -> HostSlice:
+        """Host ``index`` of ``count`` reading rows ``[index * P, (index + 1) * P)``."""
+        if not 0 <= index < count:
+            raise ValueError(f"host index {index} not in [0, {count})")
+        start = index * pairs_per_host
+        return cls(pairs_per_host * count, tuple(range(start, start + pairs_per_host)))
+
+
+class HostRowsDataset(grain.MapDataset):
+    """A host's rows of each global batch of ``parent`` (the global order): element ``i`` is
+    ``parent[(i // P) * G + rows[i % P]]``; a last, partial global batch is left out."""
+
+    def __init__(self, parent: grain.MapDataset, host: HostSlice):
+        super().__init__(parent)
+        self.host = host
+        self._length = len(parent) // host.global_pairs * len(host.rows)
+
+    def __len__(self) -> int:
+        return self._length
+
+    def __getitem__(self, index):
+        if isinstance(index, slice):
+            return self.slice(index)
+        batch, row = divmod(index, len(self.host.rows))
+        return self._parent[batch * self.host.global_pairs + self.host.rows[row]]
+
+    def __str__(self) -> str:
+        return f"HostRowsDataset(G={self.host.global_pairs}, rows={list(self.host.rows)})"
 
 
 class PairSource:
@@ -297,23 +353,25 @@ class PairPipeline:
         """The record a batch's ``record_index`` entry refers to (for logs and sample files)."""
         return self.source[self.source.position_of_line(record_index + 1)]
 
-    def dataset(self, shard: grain.sharding.ShardOptions | None = None) -> grain.IterDataset:
-        """This host's batches; ``shard`` defaults to ``ShardByJaxProcess`` (one per process)."""
+    def dataset(self, host: HostSlice | None = None) -> grain.IterDataset:
+        """This host's batches: its ``host`` rows of each global batch (default: the block of
+        this JAX process, ``HostSlice.block(process_index, process_count, pairs_per_host)``)."""
         cfg = self.config
-        shard = shard or grain.sharding.ShardByJaxProcess(drop_remainder=True)
-        if not 0 <= shard.shard_index < shard.shard_count:
-            raise ValueError(f"shard index {shard.shard_index} not in [0, {shard.shard_count})")
+        if host is None:
+            process = grain.sharding.ShardByJaxProcess()
+            host = HostSlice.block(process.shard_index, process.shard_count, cfg.pairs_per_host)
+        if len(host.rows) != cfg.pairs_per_host:
+            raise ValueError(
+                f"this host reads {len(host.rows)} rows of each global batch, "
+                f"but data.pairs_per_host = {cfg.pairs_per_host}"
+            )
         ds = grain.MapDataset.source(self.source).shuffle(seed=cfg.seed).repeat(cfg.num_epochs)
-        if cfg.num_epochs is not None:  # every host must yield the same number of batches
-            global_batch = cfg.pairs_per_host * shard.shard_count
-            usable = len(ds) // global_batch * global_batch
-            if usable == 0:
-                raise ValueError(
-                    f"{len(self.source)} valid records x {cfg.num_epochs} epochs "
-                    f"do not fill one global batch of {global_batch} pairs"
-                )
-            ds = ds[:usable]
-        ds = ds[shard.shard_index :: shard.shard_count]
+        if len(ds) < host.global_pairs:
+            raise ValueError(
+                f"{len(self.source)} valid records x {cfg.num_epochs} epochs "
+                f"do not fill one global batch of {host.global_pairs} pairs"
+            )
+        ds = HostRowsDataset(ds, host)
         ds = ds.map(self.encoder).batch(cfg.pairs_per_host, drop_remainder=True)
         ds = ds.to_iter_dataset(
             grain.ReadOptions(
@@ -329,9 +387,9 @@ class PairPipeline:
             )
         return ds
 
-    def iterator(self, shard: grain.sharding.ShardOptions | None = None) -> grain.DatasetIterator:
-        """A checkpointable iterator over ``dataset(shard)`` (``get_state`` / ``set_state``)."""
-        return iter(self.dataset(shard))
+    def iterator(self, host: HostSlice | None = None) -> grain.DatasetIterator:
+        """A checkpointable iterator over ``dataset(host)`` (``get_state`` / ``set_state``)."""
+        return iter(self.dataset(host))
 
 
 def _mark_absl_flags_parsed() -> None:
