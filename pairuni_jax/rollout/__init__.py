@@ -7,7 +7,7 @@ from pairuni_jax.rollout.image import (
     sample_images,
     sample_images_jit,
 )
-from pairuni_jax.rollout.sampling import SamplingRule, token_log_probs
+from pairuni_jax.rollout.sampling import SamplingRule, rule_log_probs
 from pairuni_jax.rollout.text import TextRollout, TextSettings, sample_text, sample_text_jit
 
 __all__ = [
@@ -21,5 +21,5 @@ __all__ = [
     "sample_images_jit",
     "sample_text",
     "sample_text_jit",
-    "token_log_probs",
+    "rule_log_probs",
 ]

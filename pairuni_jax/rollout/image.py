@@ -152,7 +152,7 @@ def sample_images(
     def pick(hidden, step):
         guided, cond = guided_logits(model.image_logits(hidden), settings.cfg_weight)
         token, log_prob = sampling.sample(guided, sampling.step_keys(keys, step), rule)
-        return token, log_prob, sampling.token_log_probs(cond, token, rule)
+        return token, log_prob, sampling.rule_log_probs(cond, token, rule)
 
     def body(carry, step):
         token, cache = carry
