@@ -49,7 +49,6 @@ from pairuni_jax.rollout.image import ImageSettings
 from pairuni_jax.rollout.text import TextSettings
 from pairuni_jax.run_config import ASSETS, ModelSection, RewardSection, RunConfig
 
-DTYPES = {"fp32": jnp.float32, "bf16": jnp.bfloat16}
 TINY_TOKENIZER = ASSETS / "tiny_tokenizer"
 CLIP_TOKENIZER = ASSETS / "clip_tokenizer"
 LINE_KEYS = ("und/reward_mean", "gen/reward_mean", "und/accuracy", "gen/hps", "grad_norm")
@@ -74,8 +73,8 @@ def load_policy(
 ) -> tuple[Janus, Path]:
     """The policy, sharded on ``mesh``, and the directory of its tokenizer files."""
     kw = dict(
-        dtype=DTYPES[section.dtype],
-        param_dtype=DTYPES[section.param_dtype],
+        dtype=section.dtype.dtype,
+        param_dtype=section.param_dtype.dtype,
         scan_layers=section.scan_layers,
         remat=section.remat,
     )
@@ -100,7 +99,7 @@ def load_policy(
 
 def load_hps(section: RewardSection, mesh: jax.sharding.Mesh) -> tuple[CLIP, Path]:
     """The frozen HPS model, sharded on ``mesh``, and the directory of its CLIP tokenizer."""
-    dtype = DTYPES[section.dtype]
+    dtype = section.dtype.dtype
     if section.path is None:
         model = random_module(
             lambda: CLIP(CLIPConfig.tiny(), dtype=dtype, rngs=nnx.Rngs(0)), section.init_seed, mesh

@@ -31,6 +31,7 @@ from pairuni_jax.checkpoint import (
     janus_mapping,
     model_dir,
 )
+from pairuni_jax.dtypes import DType
 from pairuni_jax.models.janus import JanusConfig
 from tests import reference
 
@@ -327,7 +328,7 @@ def test_deepseek_checkpoint_converts_to_the_same_params(
     out = convert.hf_to_orbax(src, tmp_path / "orbax", progress=False)
     meta = model_dir.read_config(out)
     assert meta["source_format"] == "deepseek"
-    assert convert.read_model_config(out) == (CONFIG, np.dtype(convert.DTYPES[dtype]))
+    assert convert.read_model_config(out) == (CONFIG, DType(dtype).dtype)
     _assert_trees_equal(convert.restore_numpy(out), want)
 
 

@@ -36,10 +36,11 @@ from tqdm import tqdm
 from pairuni_jax import sharding
 from pairuni_jax.checkpoint import hf_config, hf_reader, hf_writer, janus_mapping, model_dir
 from pairuni_jax.checkpoint.hf_reader import TRANSFORMERS
+from pairuni_jax.dtypes import DType
 from pairuni_jax.models.janus import Janus, JanusConfig
+from pairuni_jax.models.stack import RematPolicy
 
 KIND = "janus"
-DTYPES = {"bf16": np.dtype(jnp.bfloat16), "fp32": np.dtype(np.float32)}
 DEFAULT_MAX_SHARD_SIZE = "5GB"
 # Copied verbatim in both directions when present.
 SIDE_FILES = (
@@ -55,11 +56,7 @@ SIDE_FILE_PATTERNS = ("chat_template*",)
 
 
 def _dtype(name: str | None) -> np.dtype | None:
-    if name is None:
-        return None
-    if name not in DTYPES:
-        raise ValueError(f"unsupported dtype {name!r}: expected one of {', '.join(DTYPES)}")
-    return DTYPES[name]
+    return None if name is None else DType.parse(name).dtype
 
 
 def _check_destination(dst: str | Path, overwrite: bool) -> None:
@@ -143,7 +140,7 @@ def hf_to_orbax(
         shapes, ckpt.config, ckpt.format, str(ckpt.directory / hf_reader.CONFIG_FILE)
     )
     if target_dtype is None:
-        target_dtype = DTYPES["bf16" if ckpt.stored_dtypes() == {"BF16"} else "fp32"]
+        target_dtype = (DType.BF16 if ckpt.stored_dtypes() == {"BF16"} else DType.FP32).dtype
     abstract = abstract_params(config, target_dtype)
     plan = _plan(abstract, shapes, ckpt)
     params = jax.tree.map(lambda s: np.empty(s.shape, s.dtype), abstract)
@@ -290,7 +287,7 @@ def load_model(
     dtype: Any = jnp.float32,
     param_dtype: Any = None,
     scan_layers: bool = True,
-    remat: str = "none",
+    remat: RematPolicy = RematPolicy.NONE,
 ) -> Janus:
     """Restores a Janus model directory into a ``Janus`` module.
 

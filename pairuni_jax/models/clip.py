@@ -23,6 +23,7 @@ import jax.numpy as jnp
 from flax import nnx
 
 from pairuni_jax import sharding
+from pairuni_jax.models.stack import RematPolicy, scan
 from pairuni_jax.sharding import axes
 
 LN_EPS = 1e-5
@@ -213,7 +214,7 @@ class Transformer(nnx.Module):
         *,
         dtype: Any,
         param_dtype: Any,
-        remat: bool,
+        remat: RematPolicy,
         rngs: nnx.Rngs,
     ):
         @nnx.split_rngs(splits=layers)
@@ -224,26 +225,11 @@ class Transformer(nnx.Module):
             )
 
         self.blocks = make_blocks(rngs)
-        self.remat = remat
+        self.remat = RematPolicy(remat)
 
     def __call__(self, x: jax.Array, mask: jax.Array | None = None) -> jax.Array:
         """x: [B, L, W]; mask: bool[L, L] or None. Returns [B, L, W]."""
-
-        def step(x: jax.Array, block: ResidualBlock) -> jax.Array:
-            return block(x, mask)
-
-        # Tree mode (graph=False): works under jax.grad / jax.jit of a caller that closes over
-        # or passes in the module, where graph mode rejects Variables of the outer trace.
-        if self.remat:
-            step = nnx.remat(step, graph=False)
-        scan = nnx.scan(
-            step,
-            in_axes=(nnx.Carry, 0),
-            out_axes=nnx.Carry,
-            graph=False,
-            transform_metadata={nnx.PARTITION_NAME: "layers"},
-        )
-        return scan(x, self.blocks)
+        return scan(self.blocks, x, lambda block, x: block(x, mask), self.remat)
 
 
 class VisionTower(nnx.Module):
@@ -256,7 +242,7 @@ class VisionTower(nnx.Module):
         *,
         dtype: Any,
         param_dtype: Any,
-        remat: bool,
+        remat: RematPolicy,
         rngs: nnx.Rngs,
     ):
         c = config
@@ -312,7 +298,7 @@ class TextTower(nnx.Module):
         *,
         dtype: Any,
         param_dtype: Any,
-        remat: bool,
+        remat: RematPolicy,
         rngs: nnx.Rngs,
     ):
         c = config
@@ -363,7 +349,7 @@ class CLIP(nnx.Module):
         *,
         dtype: Any = jnp.float32,
         param_dtype: Any = jnp.float32,
-        remat: bool = False,
+        remat: RematPolicy = RematPolicy.NONE,
         rngs: nnx.Rngs,
     ):
         kw = dict(dtype=dtype, param_dtype=param_dtype, remat=remat, rngs=rngs)

@@ -20,6 +20,7 @@ from flax import nnx
 from pairuni_jax.models.llama import DecoderLayer, KVCache, LlamaConfig, LlamaModel
 from pairuni_jax.models.projector import AlignerMLP, GenerationHead
 from pairuni_jax.models.siglip import SiglipConfig, SiglipVisionModel
+from pairuni_jax.models.stack import RematPolicy
 from pairuni_jax.models.vq import VQConfig, VQModel
 from pairuni_jax.sharding import axes
 
@@ -111,7 +112,7 @@ class Janus(nnx.Module):
         dtype: Any = jnp.float32,
         param_dtype: Any = jnp.float32,
         scan_layers: bool = True,
-        remat: str = "none",
+        remat: RematPolicy = RematPolicy.NONE,
         rngs: nnx.Rngs,
     ):
         self.config = config

@@ -19,6 +19,7 @@ from pairuni_jax import sharding
 from pairuni_jax.checkpoint import model_dir
 from pairuni_jax.checkpoint.hpsv2 import REWARD_KIND
 from pairuni_jax.models.clip import CLIP, CLIPConfig
+from pairuni_jax.models.stack import RematPolicy
 from pairuni_jax.rewards.preprocess import janus_to_clip
 
 
@@ -64,7 +65,7 @@ def load_reward_model(
     *,
     dtype: jnp.dtype = jnp.float32,
     param_dtype: jnp.dtype = jnp.float32,
-    remat: bool = False,
+    remat: RematPolicy = RematPolicy.NONE,
 ) -> CLIP:
     """Restores a reward directory written by ``pairuni convert hpsv2``.
 
