@@ -30,10 +30,9 @@ import jax.numpy as jnp
 import numpy as np
 import orbax.checkpoint as ocp
 from flax import nnx
-from jax.sharding import Mesh, SingleDeviceSharding
+from jax.sharding import Mesh
 from tqdm import tqdm
 
-from pairuni_jax import sharding
 from pairuni_jax.checkpoint import hf_config, hf_reader, hf_writer, janus_mapping, model_dir
 from pairuni_jax.checkpoint.hf_reader import TRANSFORMERS
 from pairuni_jax.dtypes import DType
@@ -308,12 +307,4 @@ def load_model(
             rngs=nnx.Rngs(0),
         )
     )
-    graphdef, state = nnx.split(abstract)
-    if mesh is not None:
-        shardings = nnx.to_pure_dict(sharding.state_shardings(state, mesh))
-    else:
-        device = SingleDeviceSharding(jax.devices()[0])
-        shardings = jax.tree.map(lambda _: device, nnx.to_pure_dict(state))
-    target = model_dir.abstract_like(nnx.to_pure_dict(state), shardings)
-    nnx.replace_by_pure_dict(state, model_dir.restore_params(directory, target))
-    return nnx.merge(graphdef, state)
+    return model_dir.restore_module(directory, abstract, mesh)
