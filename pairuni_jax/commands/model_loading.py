@@ -11,10 +11,13 @@ import dataclasses
 import sys
 import time
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING
 
-from pairuni_jax.data.prompts import PromptEncoder, load_tokenizer
 from pairuni_jax.dtypes import DType
+
+if TYPE_CHECKING:  # the CLI imports this module for its flags: no JAX, no data pipeline
+    from pairuni_jax.data.prompts import PromptEncoder
+    from pairuni_jax.models.janus import Janus
 
 
 def add_model_arguments(parser: argparse.ArgumentParser) -> None:
@@ -31,7 +34,7 @@ def add_model_arguments(parser: argparse.ArgumentParser) -> None:
 
 @dataclasses.dataclass(frozen=True)
 class LoadedModel:
-    model: Any  # a pairuni_jax.models.janus.Janus (imported with JAX, when loading)
+    model: Janus
     encoder: PromptEncoder
 
 
@@ -40,6 +43,7 @@ def load(args: argparse.Namespace) -> LoadedModel:
     import jax
 
     from pairuni_jax.checkpoint.convert import load_model
+    from pairuni_jax.data.prompts import PromptEncoder, load_tokenizer
 
     directory = Path(args.model)
     dtype = args.dtype or (DType.FP32 if jax.default_backend() == "cpu" else DType.BF16)
