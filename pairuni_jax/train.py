@@ -44,6 +44,7 @@ from pairuni_jax.rewards.hps import load_reward_model
 from pairuni_jax.rewards.registry import RewardWeights
 from pairuni_jax.rl import optimizer as opt_lib
 from pairuni_jax.rl import rewards as rl_rewards
+from pairuni_jax.rl.rollout_data import StepSamples
 from pairuni_jax.rl.train_step import TrainState, TrainStep, init_train_state
 from pairuni_jax.rollout.image import ImageSettings
 from pairuni_jax.rollout.text import TextSettings
@@ -367,7 +368,7 @@ class Trainer:
                 while step < config.steps and not self.stop_requested:
                     batch = self._next_batch()
                     start = time.perf_counter()
-                    state, metrics = run.step_fn(state, batch, rng)
+                    state, metrics, samples = run.step_fn(state, batch, rng)
                     step += 1
                     if step % config.logging.every == 0 or step == config.steps:
                         values = {k: float(v) for k, v in jax.device_get(metrics).items()}
@@ -388,7 +389,7 @@ class Trainer:
                         writer.write(step, values)
                         bar.set_postfix_str(format_line(step, values, keys=LINE_KEYS))
                     if config.logging.samples_every and step % config.logging.samples_every == 0:
-                        self._write_samples(step, batch, writer)
+                        self._write_samples(step, batch, samples, writer)
                     if (
                         step % config.checkpoint.every == 0
                         or step == config.steps
@@ -418,22 +419,24 @@ class Trainer:
             for k, v in local.items()
         }
 
-    def _write_samples(self, step: int, batch: dict, writer: MetricsWriter) -> None:
-        samples = jax.device_get(self.run.step_fn.last_samples)
-        if not is_lead() or samples is None:
+    def _write_samples(
+        self, step: int, batch: dict, samples: StepSamples, writer: MetricsWriter
+    ) -> None:
+        if not is_lead():
             return
+        samples = jax.device_get(samples)
         record = self.run.pipeline.record(
             int(np.asarray(batch["record_index"].addressable_data(0))[0])
         )
         prompt = record.generate.prompt
-        captions = [f"{prompt} | hps {r:.3f}" for r in samples["image_rewards"]]
+        captions = [f"{prompt} | hps {r:.3f}" for r in samples.image_rewards]
         directory = self.run.run_dir / "samples"
         directory.mkdir(exist_ok=True)
-        grid = save_image_grid(directory / f"step_{step:06d}.png", samples["images"], captions)
+        grid = save_image_grid(directory / f"step_{step:06d}.png", samples.images, captions)
         writer.image(step, "samples/images", grid)
         answers = []
         for tokens, mask, reward in zip(
-            samples["answers"], samples["answer_mask"], samples["answer_rewards"]
+            samples.answers, samples.answer_mask, samples.answer_rewards
         ):
             text = self.run.tokenizer.decode(tokens[mask], skip_special_tokens=True)
             answers.append(
