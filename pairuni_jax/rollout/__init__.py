@@ -4,6 +4,7 @@ from pairuni_jax.rollout.image import (
     ImageRollout,
     ImageSettings,
     decode_images,
+    decode_images_jit,
     sample_images,
     sample_images_jit,
 )
@@ -17,6 +18,7 @@ __all__ = [
     "TextRollout",
     "TextSettings",
     "decode_images",
+    "decode_images_jit",
     "sample_images",
     "sample_images_jit",
     "sample_text",
