@@ -16,6 +16,7 @@ from typing import Any
 from pairuni_jax import config as config_lib
 from pairuni_jax.data.pipeline import DataConfig
 from pairuni_jax.dtypes import DType
+from pairuni_jax.logging.wandb_writer import WandbConfig
 from pairuni_jax.models.stack import RematPolicy
 from pairuni_jax.rl.optimizer import OptimizerConfig
 from pairuni_jax.rl.train_step import GRPOConfig, RolloutConfig
@@ -73,6 +74,7 @@ class LoggingSection:
     samples_every: int = 10  # steps between image grids / answer files
     tensorboard: bool = True
     peak_tflops: float | None = None  # per-chip bf16 peak for MFU; None: from the device kind
+    wandb: WandbConfig | None = None  # {project, entity, mode}: also log to Weights & Biases
 
 
 def demo_data() -> DataConfig:

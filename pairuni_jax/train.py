@@ -355,6 +355,8 @@ class Trainer:
             is_lead=is_lead(),
             tensorboard=config.logging.tensorboard,
             start_step=run.start_step + 1 if run.start_step else None,
+            wandb=config.logging.wandb,
+            config=config_lib.to_dict(config),
         )
         previous = signal.signal(signal.SIGTERM, self._request_stop)
         rng = jax.random.key(config.seed)
