@@ -21,6 +21,7 @@ from __future__ import annotations
 import json
 import re
 import shutil
+import sys
 from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
@@ -140,6 +141,12 @@ def hf_to_orbax(
     )
     if target_dtype is None:
         target_dtype = (DType.BF16 if ckpt.stored_dtypes() == {"BF16"} else DType.FP32).dtype
+    if config.tie_word_embeddings:
+        print(
+            f"{ckpt.directory}: no lm_head.weight and tie_word_embeddings is true: the LM head is "
+            f"the token embeddings (as transformers loads it), and stays tied on export",
+            file=sys.stderr,
+        )
     abstract = abstract_params(config, target_dtype)
     plan = _plan(abstract, shapes, ckpt)
     params = jax.tree.map(lambda s: np.empty(s.shape, s.dtype), abstract)
