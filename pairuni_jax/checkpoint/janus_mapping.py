@@ -65,22 +65,22 @@ def _node(tree: Mapping, path: tuple, key: str) -> Mapping:
     return node
 
 
+def _relayout(x: np.ndarray, leaf: str, conv_axes: tuple[int, ...]) -> np.ndarray:
+    """Linear kernels transposed, conv kernels permuted by ``conv_axes``, the rest as is."""
+    if leaf != "kernel" or x.ndim not in (2, 4):
+        return x
+    return x.T if x.ndim == 2 else x.transpose(conv_axes)
+
+
 def to_flax_layout(x: np.ndarray, leaf: str) -> np.ndarray:
-    """Torch layout → Flax layout for one tensor (or one layer slice of a stacked tensor)."""
-    if leaf == "kernel" and x.ndim == 2:
-        return x.T
-    if leaf == "kernel" and x.ndim == 4:
-        return x.transpose(2, 3, 1, 0)
-    return x
+    """Torch layout → Flax layout for one tensor (or one layer slice of a stacked tensor):
+    Linear [out, in] → [in, out], Conv OIHW → HWIO."""
+    return _relayout(x, leaf, (2, 3, 1, 0))
 
 
 def to_torch_layout(x: np.ndarray, leaf: str) -> np.ndarray:
     """Flax layout → torch layout (inverse of ``to_flax_layout``)."""
-    if leaf == "kernel" and x.ndim == 2:
-        return x.T
-    if leaf == "kernel" and x.ndim == 4:
-        return x.transpose(3, 2, 0, 1)
-    return x
+    return _relayout(x, leaf, (3, 2, 0, 1))
 
 
 def hf_keys_of(tree: Mapping) -> list[tuple[str, tuple, int | None, str]]:

@@ -30,13 +30,18 @@ LN_EPS = 1e-5
 ACCUMULATE = jnp.float32
 
 
-def _check_positive(config: Any) -> None:
+def _check_tower(config: Any) -> None:
+    """Every size positive, and the width split evenly over the heads."""
     for field in dataclasses.fields(config):
         if getattr(config, field.name) <= 0:
             raise ValueError(
                 f"{type(config).__name__}: {field.name} must be positive, "
                 f"got {getattr(config, field.name)}"
             )
+    if config.width % config.heads:
+        raise ValueError(
+            f"{type(config).__name__}: width {config.width} does not divide by heads {config.heads}"
+        )
 
 
 @dataclasses.dataclass(frozen=True)
@@ -51,15 +56,11 @@ class VisionConfig:
     mlp_dim: int = 5120
 
     def __post_init__(self) -> None:
-        _check_positive(self)
+        _check_tower(self)
         if self.image_size % self.patch_size:
             raise ValueError(
                 f"VisionConfig: image_size {self.image_size} is not a multiple of "
                 f"patch_size {self.patch_size}"
-            )
-        if self.width % self.heads:
-            raise ValueError(
-                f"VisionConfig: width {self.width} does not divide by heads {self.heads}"
             )
 
     @property
@@ -80,11 +81,7 @@ class TextConfig:
     mlp_dim: int = 4096
 
     def __post_init__(self) -> None:
-        _check_positive(self)
-        if self.width % self.heads:
-            raise ValueError(
-                f"TextConfig: width {self.width} does not divide by heads {self.heads}"
-            )
+        _check_tower(self)
 
 
 @dataclasses.dataclass(frozen=True)

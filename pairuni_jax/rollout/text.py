@@ -165,18 +165,7 @@ def _sample_text(graphdef, state, input_ids, prompt_mask, pixel_values, image_ma
     return sample_text(model, input_ids, prompt_mask, pixel_values, image_mask, rng, settings)
 
 
-def sample_text_jit(
-    model: Janus,
-    input_ids: Array,
-    prompt_mask: Array,
-    pixel_values: Array | None,
-    image_mask: Array | None,
-    rng: Array,
-    settings: TextSettings,
-) -> TextRollout:
-    """``sample_text`` as one compiled program (CLI, benchmarks; the KV cache lives inside it):
-    ``jax.jit`` over the split model state (see ``image.sample_images_jit``)."""
-    graphdef, state = nnx.split(model)
-    return _sample_text(
-        graphdef, state, input_ids, prompt_mask, pixel_values, image_mask, rng, settings
-    )
+def sample_text_jit(model: Janus, *args, **kwargs) -> TextRollout:
+    """``sample_text(model, ...)`` as one compiled program (CLI, benchmarks; the KV cache lives
+    inside it): ``jax.jit`` over the split model state (see ``image.sample_images_jit``)."""
+    return _sample_text(*nnx.split(model), *args, **kwargs)
