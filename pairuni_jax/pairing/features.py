@@ -93,17 +93,25 @@ def siglip_extractor(
 ) -> FeatureExtractor:
     """The SigLIP vision tower of the Janus model directory ``directory``, mean-pooled."""
     config, stored = convert.read_model_config(directory)
-    vision = config.vision
 
     def factory() -> SiglipVisionModel:
-        return SiglipVisionModel(vision, dtype=dtype, param_dtype=stored, rngs=nnx.Rngs(0))
+        return SiglipVisionModel(config.vision, dtype=dtype, param_dtype=stored, rngs=nnx.Rngs(0))
+
+    tower = _restore_tower(directory, "vision_model", factory, mesh)
+    return siglip_tower_extractor(tower, mesh, dtype, _identity(Encoder.SIGLIP, directory, dtype))
+
+
+def siglip_tower_extractor(
+    tower: SiglipVisionModel, mesh: Mesh, dtype: Any = jnp.float32, identity: str = "siglip"
+) -> FeatureExtractor:
+    """Features of a SigLIP tower on ``mesh``: its patch features averaged, then unit norm."""
+    vision = tower.config
 
     def features(tower: SiglipVisionModel, pixels: jax.Array) -> jax.Array:
         return jnp.mean(tower(pixels.astype(dtype)).astype(jnp.float32), axis=1)
 
-    tower = _restore_tower(directory, "vision_model", factory, mesh)
     return FeatureExtractor(
-        identity=_identity(Encoder.SIGLIP, directory, dtype),
+        identity=identity,
         image_size=vision.image_size,
         dim=vision.hidden_size,
         preprocess=lambda path: images.load_and_preprocess(path, vision.image_size),
@@ -126,13 +134,20 @@ def clip_extractor(directory: str | Path, mesh: Mesh, dtype: Any = jnp.float32) 
             rngs=nnx.Rngs(0),
         )
 
-    size = config.vision.image_size
     tower = _restore_tower(directory, "visual", factory, mesh)
+    identity = _identity(Encoder.CLIP, directory, dtype)
+    return clip_tower_extractor(tower, config.vision.image_size, config.embed_dim, mesh, identity)
+
+
+def clip_tower_extractor(
+    tower: VisionTower, image_size: int, dim: int, mesh: Mesh, identity: str = "clip"
+) -> FeatureExtractor:
+    """Features of a CLIP image tower on ``mesh``: the projected CLS token, unit norm."""
     return FeatureExtractor(
-        identity=_identity(Encoder.CLIP, directory, dtype),
-        image_size=size,
-        dim=config.embed_dim,
-        preprocess=lambda path: clip_preprocess(images.load_image(path), size),
+        identity=identity,
+        image_size=image_size,
+        dim=dim,
+        preprocess=lambda path: clip_preprocess(images.load_image(path), image_size),
         embed=_jit_embed(tower, lambda t, pixels: t(pixels), mesh),
         mesh=mesh,
     )
