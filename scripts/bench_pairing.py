@@ -123,8 +123,8 @@ def bench_features(name: str, config: SiglipConfig, num_images: int, batch: int)
         overall = num_images / (time.perf_counter() - start)
     print(
         f"features {name} ({config.image_size} px, width {config.hidden_size}, {config.num_layers} "
-        f"layers, batch {batch}, fp32): tower {tower_rate:.1f} images/s, host decode of 640x480 JPEGs "
-        f"{decode:.0f} images/s (1 thread), extract_features {overall:.1f} images/s; {_load()}"
+        f"layers, batch {batch}, fp32): tower {tower_rate:.3g} images/s, host decode of 640x480 JPEGs "
+        f"{decode:.3g} images/s (1 thread), extract_features {overall:.3g} images/s; {_load()}"
     )
 
 

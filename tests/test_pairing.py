@@ -363,3 +363,6 @@ def test_inconsistent_options_are_named(small, capsys):
     assert "--threshold must be in [0, 1]" in _error(capsys)
     assert _pair(paths, root / "p.jsonl", "--mesh", "data=2,model=4") == 2
     assert "--mesh" in _error(capsys)
+    before = paths["u"].read_bytes()
+    assert _pair(paths, paths["u"], "--overwrite") == 2
+    assert "is one of the inputs" in _error(capsys) and paths["u"].read_bytes() == before

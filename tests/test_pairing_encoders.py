@@ -131,6 +131,13 @@ def _inputs(root):
     return root / "und.jsonl", root / "gen.jsonl"
 
 
+def _pair_argv(und, gen, out, *extra):
+    """Every candidate aligned, every nearest neighbour kept: the towers decide the pairs."""
+    argv = ["data", "pair", "--understanding", str(und), "--generation", str(gen)]
+    argv += ["--out", str(out), "--aligned-selection", "all", "--threshold", "0", "--no-progress"]
+    return [*argv, *extra]
+
+
 def _pairs(path):
     return [json.loads(line) for line in path.read_text().splitlines()]
 
@@ -146,25 +153,7 @@ def test_pair_command_matches_noised_copies_to_their_originals(
         else ["--encoder", "clip", "--reward", str(reward_dir[1])]
     )
     out = tmp_path / "pairs.jsonl"
-    argv = [
-        "data",
-        "pair",
-        "--understanding",
-        str(und),
-        "--generation",
-        str(gen),
-        "--out",
-        str(out),
-    ]
-    argv += [
-        *tower,
-        "--aligned-selection",
-        "all",
-        "--threshold",
-        "0",
-        "--feature-cache",
-        "--no-progress",
-    ]
+    argv = _pair_argv(und, gen, out, *tower, "--feature-cache")
     assert cli.main(argv) == 0
     printed = capsys.readouterr().out
     assert "understanding: 6 images in" in printed and "images/s" in printed
@@ -191,25 +180,7 @@ def test_pairs_train_the_tiny_model(janus_dir, pictures, tmp_path):
     """The command's output, aligned and bare retrieved pairs alike, is training data."""
     und, gen = _inputs(pictures)
     out = tmp_path / "pairs.jsonl"
-    argv = [
-        "data",
-        "pair",
-        "--understanding",
-        str(und),
-        "--generation",
-        str(gen),
-        "--out",
-        str(out),
-    ]
-    argv += [
-        "--model",
-        str(janus_dir[1]),
-        "--aligned-selection",
-        "all",
-        "--threshold",
-        "0",
-        "--no-progress",
-    ]
+    argv = _pair_argv(und, gen, out, "--model", str(janus_dir[1]))
     assert cli.main(argv) == 0
     run_dir = tmp_path / "run"
     overrides = [

@@ -196,15 +196,9 @@ def parse_record(
     def report(kind: ErrorKind, field: str, message: str) -> None:
         issues.append(Issue(kind, file, line, field, message))
 
-    try:
-        obj = json.loads(raw)
-    except (json.JSONDecodeError, UnicodeDecodeError) as e:
-        report(ErrorKind.INVALID_JSON, "<line>", f"not valid JSON: {e}")
+    obj = parse_json_object(raw, report)
+    if obj is None:
         return None, issues
-    if not isinstance(obj, dict):
-        report(ErrorKind.WRONG_TYPE, "<line>", f"expected a JSON object, got {_json_type(obj)}")
-        return None, issues
-
     similarity = _parse_similarity(obj, report)
     aligned_field = obj.get("aligned")
     if aligned_field is not None and not isinstance(aligned_field, bool):
@@ -221,6 +215,21 @@ def parse_record(
         aligned = aligned_field
     record = PairRecord(file, line, similarity, aligned, generate, understand)
     return record, issues
+
+
+def parse_json_object(
+    raw: bytes | str, report: Callable[[ErrorKind, str, str], None]
+) -> dict[str, Any] | None:
+    """One JSONL line as a JSON object, or None after reporting why it is not one."""
+    try:
+        obj = json.loads(raw)
+    except (json.JSONDecodeError, UnicodeDecodeError) as e:
+        report(ErrorKind.INVALID_JSON, "<line>", f"not valid JSON: {e}")
+        return None
+    if not isinstance(obj, dict):
+        report(ErrorKind.WRONG_TYPE, "<line>", f"expected a JSON object, got {_json_type(obj)}")
+        return None
+    return obj
 
 
 def check_images(record: PairRecord) -> list[Issue]:

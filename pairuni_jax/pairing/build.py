@@ -38,7 +38,7 @@ from pairuni_jax.pairing import features as features_lib
 from pairuni_jax.pairing.inputs import HalfRecord, HalfSet, PairingError, Side, read_halves
 from pairuni_jax.pairing.matching import Matches, retrieve_pairs
 from pairuni_jax.pairing.report import PairingSummary, save_histogram_png
-from pairuni_jax.pairing.selection import AlignedSelection, select_aligned
+from pairuni_jax.pairing.selection import AlignedSelection, check_selection, select_aligned
 
 DTYPES = {"fp32": jnp.float32, "bf16": jnp.bfloat16}
 
@@ -149,6 +149,8 @@ def build_pairs(config: PairingConfig) -> PairingSummary:
     kw = dict(image_root=config.image_root, on_error=config.on_error, seen_images=seen)
     und = read_halves(config.understanding, Side.UNDERSTANDING, **kw)
     gen = read_halves(config.generation, Side.GENERATION, **kw)
+    candidates = sum(r.can_align for r in und.records) + sum(r.can_align for r in gen.records)
+    check_selection(config.aligned_selection, config.clusters, candidates)
     if config.precomputed:
         und_features, gen_features = _precomputed_features(config, und, gen)
     else:
@@ -180,7 +182,7 @@ def build_pairs(config: PairingConfig) -> PairingSummary:
 
     aligned = [und.records[i] for i in und_aligned] + [gen.records[i] for i in gen_aligned]
     _write_pairs(config, aligned, matches, und, gen)
-    candidates = len(und_candidates) + len(gen_candidates)
+    candidates = len(und_candidates) + len(gen_candidates)  # fewer if features were skipped
     summary = _summary(config, und, gen, candidates, (und_aligned, gen_aligned), matches)
     with _atomic_file(config.histogram_path, config.overwrite, binary=True) as f:
         title = f"{len(matches)} retrieved pairs ({config.out.name})"
@@ -189,6 +191,10 @@ def build_pairs(config: PairingConfig) -> PairingSummary:
 
 
 def _check_destinations(config: PairingConfig) -> None:
+    inputs = (config.understanding, config.generation, config.features_u, config.features_g)
+    for path in (config.out, config.histogram_path):
+        if any(p is not None and p.absolute() == path.absolute() for p in inputs):
+            raise ValueError(f"{path} is one of the inputs; choose another --out")
     if config.overwrite:
         return
     for path in (config.out, config.histogram_path):

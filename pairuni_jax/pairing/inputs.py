@@ -20,7 +20,6 @@ from __future__ import annotations
 import collections
 import dataclasses
 import enum
-import json
 from pathlib import Path
 from typing import Any
 
@@ -141,15 +140,8 @@ def _parse(
     def report(kind: ErrorKind, field: str, message: str) -> None:
         issues.append(Issue(kind, file, line, field, message))
 
-    try:
-        obj = json.loads(raw)
-    except (json.JSONDecodeError, UnicodeDecodeError) as e:
-        report(ErrorKind.INVALID_JSON, "<line>", f"not valid JSON: {e}")
-        return None, issues
-    if not isinstance(obj, dict):
-        report(
-            ErrorKind.WRONG_TYPE, "<line>", f"expected a JSON object, got {records._json_type(obj)}"
-        )
+    obj = records.parse_json_object(raw, report)
+    if obj is None:
         return None, issues
     annotation = records.parse_annotation(
         obj, prefix="", required=REQUIRED_FIELDS[side], base=base, report=report
