@@ -42,6 +42,7 @@ from pairuni_jax.checkpoint import convert, model_dir
 from pairuni_jax.data import images
 from pairuni_jax.models.clip import VisionTower
 from pairuni_jax.models.siglip import SiglipVisionModel
+from pairuni_jax.models.stack import RematPolicy
 from pairuni_jax.pairing.inputs import PairingError
 from pairuni_jax.rewards.hps import l2_normalize, read_reward_config
 from pairuni_jax.rewards.preprocess import OPENAI_MEAN, OPENAI_STD
@@ -130,7 +131,7 @@ def clip_extractor(directory: str | Path, mesh: Mesh, dtype: Any = jnp.float32) 
             config.embed_dim,
             dtype=dtype,
             param_dtype=jnp.float32,
-            remat=False,
+            remat=RematPolicy.NONE,
             rngs=nnx.Rngs(0),
         )
 
