@@ -31,6 +31,7 @@ from collections.abc import Mapping
 
 import jax
 import numpy as np
+from jax.experimental import multihost_utils
 from orbax.checkpoint import multihost as ocp_multihost
 
 # Environment variables for the cluster fields (used when neither a flag nor the config sets one).
@@ -297,6 +298,15 @@ def barrier(name: str, timeout_s: float) -> None:
     """
     sync = ocp_multihost.get_barrier_sync_fn()
     sync(key=name, timeout_ms=int(timeout_s * 1000))
+
+
+def max_over_processes(value: int) -> int:
+    """The largest ``value`` passed by any process; every process calls it at the same point of
+    the program (a small device collective; no-op for one process). Used to act on a request
+    one process received (a stop signal) in all of them at the same step."""
+    if jax.process_count() == 1:
+        return value
+    return int(np.max(multihost_utils.process_allgather(np.int32(value))))
 
 
 # -- which rows each process feeds ---------------------------------------------------------------

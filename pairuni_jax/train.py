@@ -9,6 +9,7 @@ coordinates or auto-detected), each process reads its rows of each global batch 
 order (``cluster.host_rows``) and the global batch is assembled with
 ``jax.make_array_from_process_local_data``. Only the lead process writes logs, samples and the
 resolved config; every process takes part in checkpoint saves, each with its own data position.
+A SIGTERM to any one process stops them all after the same step (they agree after every step).
 """
 
 from __future__ import annotations
@@ -398,11 +399,7 @@ class Trainer:
             wandb=config.logging.wandb,
             config=config_lib.to_dict(config),
         )
-        # One process: SIGTERM sets a flag. Several: JAX's preemption service hears it, and
-        # every process learns at the same step (``reached_preemption``) that all must save.
-        previous = None
-        if not jax.distributed.is_initialized():
-            previous = signal.signal(signal.SIGTERM, self._request_stop)
+        previous = signal.signal(signal.SIGTERM, self._request_stop)
         rng = jax.random.key(config.seed)
         history: list[dict[str, float]] = []
         state, step = run.state, run.start_step
@@ -418,8 +415,10 @@ class Trainer:
                     start = time.perf_counter()
                     state, metrics, samples = run.step_fn(state, batch, rng)
                     step += 1
-                    if run.checkpoints.reached_preemption(step):
-                        self.stop_requested = True
+                    # A SIGTERM to any one process stops them all after the same step.
+                    self.stop_requested = bool(
+                        cluster_lib.max_over_processes(int(self.stop_requested))
+                    )
                     if step % config.logging.every == 0 or step == config.steps:
                         values = {k: float(v) for k, v in jax.device_get(metrics).items()}
                         values["step_seconds"] = time.perf_counter() - start
@@ -451,8 +450,7 @@ class Trainer:
             bar.close()
             run.checkpoints.wait_until_finished()
             writer.close()
-            if previous is not None:
-                signal.signal(signal.SIGTERM, previous)
+            signal.signal(signal.SIGTERM, previous)
         run.state = state
         if is_lead():
             report = run.pipeline.report
