@@ -136,7 +136,7 @@ def test_deepseek_layout_in_bf16_measures_drift_and_skips_golden(deepseek_dir, t
 
 def test_a_perturbed_converted_weight_fails_the_run_naming_the_checks(janus_dir, tmp_path, capsys):
     code, out = _verify(
-        tmp_path, "--janus", janus_dir, "--golden", "none", "--perturb-converted", "0.05"
+        tmp_path, "--janus", janus_dir, "--golden", "none", "--perturb-converted", "1e-3"
     )
     printed = capsys.readouterr().out
     assert code == 1, printed

@@ -72,6 +72,10 @@ def _verdict(ok: bool, judged: bool) -> Status:
     return Status.PASS if ok else Status.FAIL
 
 
+def _tolerance(text: str, judged: bool) -> str:
+    return text if judged else f"not judged (fp32: {text})"
+
+
 def compare_arrays(
     name: str,
     title: str,
@@ -103,7 +107,7 @@ def compare_arrays(
         title,
         _verdict(finite and diff <= bound, judged),
         measured,
-        f"{tolerance.describe()} = {bound:.1e}",
+        _tolerance(f"{tolerance.describe()} = {bound:.1e}", judged),
     )
 
 
@@ -136,7 +140,8 @@ def compare_tokens(
             f"{same}/{len(want)} equal, first divergence at token {at} "
             f"(JAX {_at(got, at)}, reference {_at(want, at)})"
         )
-    return Check(name, title, _verdict(at is None, judged), measured, "identical", detail)
+    status = _verdict(at is None, judged)
+    return Check(name, title, status, measured, _tolerance("identical", judged), detail)
 
 
 def _at(tokens: np.ndarray, index: int) -> str:

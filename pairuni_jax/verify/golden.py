@@ -82,4 +82,4 @@ def golden_check(
             "transformers is the judged one"
         )
         return Check(check.name, check.title, Status.MEASURED, check.measured, "identical", detail)
-    return Check(check.name, check.title, check.status, check.measured, "identical", detail)
+    return Check(check.name, check.title, check.status, check.measured, check.tolerance, detail)

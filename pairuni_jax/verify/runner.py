@@ -26,6 +26,7 @@ from pairuni_jax.data.prompts import PromptEncoder, load_tokenizer
 from pairuni_jax.models.clip import CLIPConfig
 from pairuni_jax.models.janus import JanusConfig
 from pairuni_jax.verify import hps_checks, janus_checks, janus_jax
+from pairuni_jax.verify.checks import Check
 from pairuni_jax.verify.golden import GOLDEN_CFG_WEIGHT, GOLDEN_PROMPT, GoldenMode, is_janus_pro_1b
 from pairuni_jax.verify.janus_io import JanusInputs
 from pairuni_jax.verify.report import VerifyReport
@@ -157,14 +158,17 @@ def _describe(config: JanusConfig) -> str:
     return sizes + (" — Janus-Pro-1B sizes" if is_janus_pro_1b(config) else "")
 
 
-def _inputs(directory: Path, config: JanusConfig, options: VerifyOptions) -> JanusInputs:
+def _encoder(directory: Path, config: JanusConfig, source: str) -> PromptEncoder:
     try:
         tokenizer = load_tokenizer(directory)
     except (OSError, ValueError) as e:
         raise VerifyError(
-            f"{options.janus}: cannot load its tokenizer files (tokenizer.json, ...): {e}"
+            f"{source}: cannot load its tokenizer files (tokenizer.json, ...): {e}"
         ) from e
-    encoder = PromptEncoder(tokenizer, config.num_image_tokens)
+    return PromptEncoder(tokenizer, config.num_image_tokens)
+
+
+def _inputs(encoder: PromptEncoder, config: JanusConfig, options: VerifyOptions) -> JanusInputs:
     return JanusInputs(
         question_ids=encoder.understanding_ids(options.question)[None],
         pixels=load_and_preprocess(options.image, config.vision.image_size)[None],
@@ -179,12 +183,10 @@ def run_verify(options: VerifyOptions) -> VerifyReport:
     """Converts, runs both sides, compares; returns the report (``report.failed`` lists failures).
 
     Raises ``VerifyError`` (and the converters' errors) on bad input, before the long work where
-    possible.
+    possible: both conversions run first.
     """
     require_reference_libraries(hps=options.hps is not None)
     _check_inputs(options)
-    from pairuni_jax.verify import janus_reference
-
     meter = StageMeter(log=options.log)
     with _workspace(options.keep) as work:
         with meter.stage("resolve and convert Janus"):
@@ -192,63 +194,79 @@ def run_verify(options: VerifyOptions) -> VerifyReport:
             janus_dir = convert.hf_to_orbax(
                 source, work / "janus", dtype=options.dtype, progress=options.log
             )
-        config = convert.read_model_config(janus_dir)[0]
-        ckpt = hf_reader.HFCheckpoint(source)
-        inputs = _inputs(janus_dir, config, options)
-        with meter.stage("transformers: load and run (fp32)", device="torch"):
-            reference = janus_reference.load_reference(ckpt, config, options.reference_device)
-            want = janus_reference.reference_outputs(reference, inputs)
-            del reference
-            gc.collect()
-        with _precision(options.dtype):
-            with meter.stage(f"JAX: load ({options.dtype})", device="jax"):
-                model = convert.load_model(janus_dir, dtype=DTYPES[options.dtype])
-                perturbed = None
-                if options.perturb_converted is not None:
-                    key = janus_jax.perturb_(model, options.perturb_converted)
-                    perturbed = f"{key} (+ {options.perturb_converted:g} × N(0, 1))"
-            with meter.stage("JAX: run (includes compilation)", device="jax"):
-                got = janus_jax.jax_outputs(model, inputs, want.image_tokens)
-            del model
-        judged = options.dtype == "fp32"
-        tokenizer_decode = load_tokenizer(janus_dir).decode
-        report = VerifyReport(
-            source=options.janus,
-            source_format=ckpt.format,
-            model=_describe(config),
-            dtype=options.dtype,
-            backend=jax.default_backend(),
-            reference_device=options.reference_device,
-            perturbed=perturbed,
-            images=janus_checks.side_by_side(got, want),
-        )
-        report.checks = janus_checks.janus_checks(
-            got,
-            want,
-            inputs,
-            config,
-            judged=judged,
-            golden_mode=options.golden,
-            decode_text=lambda ids: tokenizer_decode(ids, skip_special_tokens=True),
-        )
+        hps_dir = None
         if options.hps is not None:
-            report.checks += _verify_hps(options, work, meter, got.own_image)
+            with meter.stage("convert HPS"):
+                hps_dir = _convert_hps(options, work / "hps")
+        report, generated = _verify_janus(options, meter, source, janus_dir)
+        if hps_dir is not None:
+            report.checks += _verify_hps(options, meter, hps_dir, generated)
     report.stages = meter.records
     return report
 
 
+def _verify_janus(
+    options: VerifyOptions, meter: StageMeter, source: Path, janus_dir: Path
+) -> tuple[VerifyReport, np.ndarray]:
+    """The Janus checks; also returns the JAX-generated image float32[S, S, 3] (for HPS)."""
+    from pairuni_jax.verify import janus_reference
+
+    config = convert.read_model_config(janus_dir)[0]
+    ckpt = hf_reader.HFCheckpoint(source)
+    encoder = _encoder(janus_dir, config, options.janus)
+    inputs = _inputs(encoder, config, options)
+    with meter.stage("transformers: load and run (fp32)", device="torch"):
+        reference = janus_reference.load_reference(ckpt, config, options.reference_device)
+        want = janus_reference.reference_outputs(reference, inputs)
+        del reference
+        gc.collect()
+    perturbed = None
+    with _precision(options.dtype):
+        with meter.stage(f"JAX: load ({options.dtype})", device="jax"):
+            model = convert.load_model(janus_dir, dtype=DTYPES[options.dtype])
+            if options.perturb_converted is not None:
+                key = janus_jax.perturb_(model, options.perturb_converted)
+                perturbed = f"{key} (+ {options.perturb_converted:g} × N(0, 1))"
+        with meter.stage("JAX: run (includes compilation)", device="jax"):
+            got = janus_jax.jax_outputs(model, inputs, want.image_tokens)
+        del model
+    report = VerifyReport(
+        source=options.janus,
+        source_format=ckpt.format,
+        model=_describe(config),
+        dtype=options.dtype,
+        backend=jax.default_backend(),
+        reference_device=options.reference_device,
+        perturbed=perturbed,
+        images=janus_checks.side_by_side(got, want),
+    )
+    report.checks = janus_checks.janus_checks(
+        got,
+        want,
+        inputs,
+        config,
+        judged=options.dtype == "fp32",
+        golden_mode=options.golden,
+        decode_text=lambda ids: encoder.tokenizer.decode(ids, skip_special_tokens=True),
+    )
+    return report, got.own_image
+
+
+def _convert_hps(options: VerifyOptions, destination: Path) -> Path:
+    try:
+        return hpsv2.convert_hpsv2(options.hps, destination, options.hps_config)
+    except (hpsv2.CheckpointMismatchError, FileNotFoundError) as e:
+        raise VerifyError(f"--hps {options.hps}: {e}") from e
+
+
 def _verify_hps(
-    options: VerifyOptions, work: Path, meter: StageMeter, generated: np.ndarray
-) -> list:
+    options: VerifyOptions, meter: StageMeter, hps_dir: Path, generated: np.ndarray
+) -> list[Check]:
+    """The HPS checks on the bundled photograph and ``generated`` float32[S, S, 3]."""
     from pairuni_jax.rewards import clip_text
     from pairuni_jax.rewards.hps import load_reward_model
     from pairuni_jax.verify import hps_reference
 
-    with meter.stage("convert HPS"):
-        try:
-            hps_dir = hpsv2.convert_hpsv2(options.hps, work / "hps", options.hps_config)
-        except (hpsv2.CheckpointMismatchError, FileNotFoundError) as e:
-            raise VerifyError(f"--hps {options.hps}: {e}") from e
     clip_config = CLIPConfig.from_dict(model_dir.read_config(hps_dir)["clip"])
     context = clip_config.text.context_length
     photo = hps_checks.photo_pixels(np.asarray(load_image(options.image)))
