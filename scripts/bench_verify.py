@@ -5,7 +5,7 @@ image geometry (384 px, 16 px SigLIP patches: 576 understanding tokens; VQ-16 do
 image tokens) and small widths (LLM 512 × 8 layers, SigLIP 64 × 2, VQ base 32 channels), saves it
 with ``save_pretrained`` next to the bundled tiny tokenizer, and runs the command on it:
 
-    python scripts/bench_verify.py [--out DIR] [--dtype fp32|bf16]
+    python scripts/bench_verify.py [--out DIR] [--dtype fp32|bf16] [--torch-threads N]
 
 The real checkpoints are not reachable from the build machines; this measures what the command
 costs beyond the model itself (576-token CFG generation on both sides, JAX compilation).
@@ -57,7 +57,15 @@ def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--out", type=Path, default=None, help="keep the checkpoint and report")
     parser.add_argument("--dtype", choices=("fp32", "bf16"), default="fp32")
+    parser.add_argument(
+        "--torch-threads",
+        type=int,
+        default=None,
+        help="PyTorch intra-op threads (default: torch's; 1 on an oversubscribed shared VM)",
+    )
     args = parser.parse_args()
+    if args.torch_threads:
+        torch.set_num_threads(args.torch_threads)
     with tempfile.TemporaryDirectory() as tmp:
         root = args.out or Path(tmp)
         source = build(root / "janus-small")
