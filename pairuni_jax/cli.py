@@ -20,6 +20,7 @@ COMMAND_MODULES = (
     "pairuni_jax.commands.data",
     "pairuni_jax.commands.plan",
     "pairuni_jax.commands.export",
+    "pairuni_jax.commands.verify",
 )
 
 

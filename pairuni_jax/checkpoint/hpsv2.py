@@ -26,6 +26,7 @@ import dataclasses
 import gzip
 import importlib.util
 import math
+import pickle
 import re
 import tempfile
 import zipfile
@@ -207,7 +208,14 @@ def load_torch_state_dict(path: str | Path) -> Mapping[str, Any]:
     path = Path(path)
     if not path.is_file():
         raise FileNotFoundError(f"{path}: no such checkpoint file")
-    ckpt = torch.load(path, map_location="cpu", weights_only=True, mmap=zipfile.is_zipfile(path))
+    try:
+        ckpt = torch.load(
+            path, map_location="cpu", weights_only=True, mmap=zipfile.is_zipfile(path)
+        )
+    except (pickle.UnpicklingError, EOFError, RuntimeError, ValueError) as e:
+        raise CheckpointMismatchError(
+            f"{path}: not a torch checkpoint that loads with weights_only=True ({e})"
+        ) from e
     state = ckpt.get("state_dict", ckpt) if isinstance(ckpt, Mapping) else None
     if not isinstance(state, Mapping) or not all(torch.is_tensor(v) for v in state.values()):
         raise CheckpointMismatchError(
