@@ -35,6 +35,7 @@ from typing import Any
 import numpy as np
 from flax import nnx
 
+from pairuni_jax import destinations
 from pairuni_jax.checkpoint import model_dir
 from pairuni_jax.models.clip import CLIP, CLIPConfig
 
@@ -111,11 +112,14 @@ def convert_hpsv2(
     bpe_path: ``bpe_simple_vocab_16e6.txt.gz`` (default: the copy shipped in open-clip-torch).
     """
     config = config or CLIPConfig.vit_h_14()
+    destinations.check(dst, sources=[src], overwrite=overwrite)
     params = convert_state_dict(load_torch_state_dict(src), config)
     meta = {"kind": REWARD_KIND, "clip": config.to_dict(), "source": Path(src).name}
     with tempfile.TemporaryDirectory() as tokenizer_dir:
         files = save_clip_tokenizer(tokenizer_dir, config.text.context_length, bpe_path)
-        return model_dir.save_model_dir(dst, params, meta, files, overwrite=overwrite)
+        return model_dir.save_model_dir(
+            dst, params, meta, files, overwrite=overwrite, command="convert hpsv2"
+        )
 
 
 def load_torch_state_dict(path: str | Path) -> Mapping[str, Any]:
