@@ -128,14 +128,19 @@ def _clip_tokenizer() -> CLIPTokenizer:
     return CLIPTokenizer(vocab=vocab, merges=[])
 
 
-def _pipeline(image_dir, on_error):
+def _pipeline(image_dir, on_error, num_workers=0):
     Image.fromarray(_gradient(64).astype(np.uint8)).save(image_dir / "big.png")
     for i in range(6):
         (image_dir / f"u{i}.png").write_bytes((image_dir / "big.png").read_bytes())
     path = image_dir / "pairs.jsonl"
     path.write_text("".join(json.dumps(_record(f"u{i}.png")) + "\n" for i in range(6)))
     config = pipeline.DataConfig.demo(
-        path=str(path), pairs_per_host=2, num_epochs=1, read_threads=2, on_error=on_error
+        path=str(path),
+        pairs_per_host=2,
+        num_epochs=1,
+        read_threads=2,
+        on_error=on_error,
+        num_workers=num_workers,
     )
     return pipeline.PairPipeline(config, pipeline.TINY_TOKENIZER, _clip_tokenizer())
 
@@ -145,10 +150,16 @@ def _cut(path) -> None:
     path.write_bytes(data[: len(data) // 3])
 
 
-def test_skip_covers_images_that_break_after_validation(image_dir, capsys):
-    pipe = _pipeline(image_dir, "skip")
+@pytest.mark.parametrize("num_workers", [0, 1])
+def test_skip_covers_images_that_break_after_validation(image_dir, capsys, num_workers):
+    """Counted in the process that trains, also when worker processes encode the records."""
+    pipe = _pipeline(image_dir, "skip", num_workers)
     _cut(image_dir / "u3.png")  # replaced by a broken copy while training runs
-    batches = list(pipe.iterator())
+    iterator = pipe.iterator()
+    try:
+        batches = list(iterator)
+    finally:
+        iterator.close()
     assert [len(b["record_index"]) for b in batches] == [2, 2], "batches stay full"
     assert 3 not in np.concatenate([b["record_index"] for b in batches])
     assert dict(pipe.map_skips.errors_by_kind) == {"unreadable_image": 1}
