@@ -14,6 +14,7 @@ import numpy as np
 import orbax.checkpoint as ocp
 from flax import nnx
 
+from pairuni_jax import destinations
 from pairuni_jax.checkpoint import convert, model_dir
 from pairuni_jax.rl import optimizer as opt_lib
 from pairuni_jax.rl.train_step import init_train_state
@@ -35,6 +36,7 @@ def export_run(
     import jax
 
     run_dir = Path(run_dir).absolute()
+    destinations.check(dst, sources=[run_dir], overwrite=overwrite)
     config = load_run_config([run_dir / "config.yaml"])
     manager = ocp.CheckpointManager(run_dir / "checkpoints")
     steps = manager.all_steps()

@@ -30,6 +30,7 @@ from flax import nnx
 from pairuni_jax.models.janus import Janus
 from pairuni_jax.models.vq import to_uint8
 from pairuni_jax.rl import advantages as adv_lib
+from pairuni_jax.rl import health
 from pairuni_jax.rl.loss import Aggregation, LossConfig, aggregate, policy_loss
 from pairuni_jax.rl.policy import ImageLogprob, answer_logprobs, image_logprobs
 from pairuni_jax.rl.rollout_data import (
@@ -86,6 +87,13 @@ class RolloutConfig:
             raise ValueError("GRPO needs at least 2 rollouts per group on each side")
         if self.image_cache_segments < 1:
             raise ValueError(f"image_cache_segments must be >= 1, got {self.image_cache_segments}")
+        if self.max_new_tokens < 1:
+            raise ValueError(f"max_new_tokens must be >= 1, got {self.max_new_tokens}")
+        if not self.cfg_weight >= 0:
+            raise ValueError(f"cfg_weight must be >= 0 (1: no guidance), got {self.cfg_weight}")
+        for name in ("text_temperature", "image_temperature"):
+            if not getattr(self, name) > 0:
+                raise ValueError(f"{name} must be > 0, got {getattr(self, name)}")
 
 
 @dataclasses.dataclass(frozen=True)
@@ -193,6 +201,7 @@ class TrainStep:
         generation_reward: GenerationRewardFn,
         reward_state: Any,
         learning_rate: optax.Schedule | None = None,
+        skip_nonfinite: bool = False,
     ):
         self.graphdef = graphdef
         self.config = config
@@ -203,6 +212,8 @@ class TrainStep:
         self.generation_reward = generation_reward
         self.reward_state = reward_state
         self.learning_rate = learning_rate
+        # health.NanPolicy.SKIP_STEP, an argument (not a constant): one program for both policies
+        self.skip_nonfinite = skip_nonfinite
         self.jitted = jax.jit(self._step, donate_argnums=(0,))
 
     def __call__(
@@ -210,18 +221,22 @@ class TrainStep:
     ) -> tuple[TrainState, dict[str, Array], StepSamples]:
         """One step: the new state, the step's metrics and the rollouts of the batch's first
         pair (``StepSamples``; on the device until a caller reads them)."""
-        return self.jitted(state, batch, rng, self.reward_state)
+        return self.jitted(state, batch, rng, self.reward_state, jnp.bool_(self.skip_nonfinite))
 
     def lower(self, state, batch, rng):
         """Ahead-of-time lowering (for ``compiled.memory_analysis()`` and cost analysis)."""
-        return self.jitted.lower(state, batch, rng, self.reward_state)
+        return self.jitted.lower(
+            state, batch, rng, self.reward_state, jnp.bool_(self.skip_nonfinite)
+        )
 
     # -- the program ---------------------------------------------------------------------------
 
     def _model(self, params: nnx.State, frozen: nnx.State) -> Janus:
         return nnx.merge(self.graphdef, params, frozen)
 
-    def _step(self, state: TrainState, batch: Batch, rng: Array, reward_state: Any):
+    def _step(
+        self, state: TrainState, batch: Batch, rng: Array, reward_state: Any, skip_nonfinite: Array
+    ):
         c = self.config
         ku, kg = c.rollout.num_und_rollouts, c.rollout.num_gen_rollouts
         num_pairs = batch["und_input_ids"].shape[0]
@@ -306,6 +321,12 @@ class TrainStep:
             iteration, (state.params, state.opt_state), None, length=c.inner_iterations
         )
         aux = jax.tree.map(lambda x: x[0], aux)  # diagnostics of the first (on-policy) iteration
+        nonfinite = health.nonfinite_flags(
+            (aux["und"]["loss"][0], aux["gen"]["loss"][0]), grad_norms, params
+        )
+        params, opt_state = health.keep_previous_if_nonfinite(
+            nonfinite, skip_nonfinite, (params, opt_state), (state.params, state.opt_state)
+        )
         new_state = state.replace(step=state.step + 1, params=params, opt_state=opt_state)
 
         metrics = {
@@ -316,6 +337,7 @@ class TrainStep:
             "gen/tokens_sampled": jnp.float32(images.tokens.size),
             "pair_weight_mean": jnp.mean(weights),
             "grad_norm": grad_norms[0],
+            **nonfinite,
         }
         if self.learning_rate is not None:
             metrics["learning_rate"] = jnp.asarray(self.learning_rate(state.step), jnp.float32)

@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import dataclasses
 import functools
+import math
 
 import flax.struct
 import jax
@@ -67,6 +68,11 @@ class ImageSettings:
             )
         if self.pad_id < 0:
             raise ValueError(f"ImageSettings.pad_id must be a token id >= 0, got {self.pad_id}")
+        if not 0 <= self.cfg_weight < math.inf:
+            raise ValueError(
+                f"ImageSettings.cfg_weight must be finite and >= 0 (1: no guidance), "
+                f"got {self.cfg_weight}"
+            )
         self.rule  # noqa: B018  (validates the temperature)
 
     @property
