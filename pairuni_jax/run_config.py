@@ -15,6 +15,7 @@ from typing import Any
 
 from pairuni_jax import config as config_lib
 from pairuni_jax.data.pipeline import DataConfig
+from pairuni_jax.evaluation.config import EvalConfig
 from pairuni_jax.rl.optimizer import OptimizerConfig
 from pairuni_jax.rl.train_step import GRPOConfig, RolloutConfig
 from pairuni_jax.sharding import MeshConfig
@@ -107,6 +108,7 @@ class RunConfig:
     mesh: MeshConfig = dataclasses.field(default_factory=MeshConfig)
     checkpoint: CheckpointSection = dataclasses.field(default_factory=CheckpointSection)
     logging: LoggingSection = dataclasses.field(default_factory=LoggingSection)
+    eval: EvalConfig = dataclasses.field(default_factory=EvalConfig)
 
     def __post_init__(self):
         if self.steps < 1:

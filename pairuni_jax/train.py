@@ -34,6 +34,7 @@ from pairuni_jax.checkpoint import convert as janus_convert
 from pairuni_jax.checkpoint import model_dir
 from pairuni_jax.data.pipeline import PairPipeline
 from pairuni_jax.data.prompts import SpecialIds, load_tokenizer
+from pairuni_jax.evaluation.in_training import TrainingEval
 from pairuni_jax.logging.metrics import MetricsWriter, format_line
 from pairuni_jax.logging.samples import save_answers, save_image_grid
 from pairuni_jax.models.clip import CLIP, CLIPConfig
@@ -162,6 +163,7 @@ class Run:
     step_flops: flops.StepFlops
     step_tokens: dict[str, int]
     peak_flops: float | None  # per chip, for MFU
+    evaluator: TrainingEval | None = None  # the run config's ``eval`` section
 
 
 def setup(config: RunConfig) -> Run:
@@ -208,6 +210,18 @@ def setup(config: RunConfig) -> Run:
             enable_async_checkpointing=config.checkpoint.async_save,
         ),
     )
+    evaluator = TrainingEval.from_run(
+        config,
+        mesh=mesh,
+        graphdef=graphdef,
+        model_config=policy.config,
+        tokenizer=tokenizer,
+        letters=letters,
+        hps_graphdef=hps_graphdef,
+        hps_params=reward_state["hps"],
+        hps_tokenize=pipeline.encoder.hps_tokenize,
+        verbose=is_lead(),
+    )
     data_iter = pipeline.iterator()
     start_step = 0
     latest = checkpoints.latest_step()
@@ -232,6 +246,7 @@ def setup(config: RunConfig) -> Run:
         flops.step_flops(shapes, policy.config, hps.config),
         flops.step_tokens(shapes, policy.config),
         peak,
+        evaluator,
     )
 
 
@@ -390,6 +405,8 @@ class Trainer:
                         bar.set_postfix_str(format_line(step, values, keys=LINE_KEYS))
                     if config.logging.samples_every and step % config.logging.samples_every == 0:
                         self._write_samples(step, batch, writer)
+                    if run.evaluator is not None and run.evaluator.due(step):
+                        writer.write(step, run.evaluator(state))
                     if (
                         step % config.checkpoint.every == 0
                         or step == config.steps

@@ -21,8 +21,8 @@ from pairuni_jax.models.janus import Janus
 DTYPES = {"fp32": jnp.float32, "bf16": jnp.bfloat16}
 
 
-def add_model_arguments(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument("--model", required=True, help="Orbax model directory (with tokenizer)")
+def add_model_arguments(parser: argparse.ArgumentParser, required: bool = True) -> None:
+    parser.add_argument("--model", required=required, help="Orbax model directory (with tokenizer)")
     parser.add_argument(
         "--dtype",
         choices=sorted(DTYPES),
