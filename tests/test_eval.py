@@ -303,4 +303,7 @@ def test_cli_reports_bad_input_in_one_line(tmp_path, capsys):
     assert out.startswith("error: ") and "q.jsonl:1: image_path: required field is missing" in out
     assert cli.main(["eval", "--out", str(tmp_path / "o"), "--understanding", "x.jsonl"]) == 2
     assert "exactly one of --model" in capsys.readouterr().out
+    argv = ["eval", "--model", str(tmp_path), "--generation", "p.txt", "--temperature", "0"]
+    assert cli.main([*argv, "--out", str(tmp_path / "out")]) == 2
+    assert "temperature must be > 0" in capsys.readouterr().out
     assert not (tmp_path / "out").exists()

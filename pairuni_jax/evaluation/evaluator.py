@@ -31,6 +31,7 @@ from pairuni_jax.evaluation.understanding import (
 from pairuni_jax.models.janus import JanusConfig
 from pairuni_jax.rewards.accuracy import OptionLetterTable
 from pairuni_jax.rollout.image import ImageSettings
+from pairuni_jax.rollout.sampling import SamplingRule
 from pairuni_jax.rollout.text import TextSettings
 
 
@@ -58,6 +59,7 @@ class EvalSettings:
         for name in ("max_new_tokens", "batch_size", "images_per_prompt"):
             if getattr(self, name) < 1:
                 raise ValueError(f"{name} must be >= 1, got {getattr(self, name)}")
+        SamplingRule(temperature=self.temperature)  # validates it before any model loads
 
     @property
     def prompts_per_batch(self) -> int:

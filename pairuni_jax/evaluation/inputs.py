@@ -264,11 +264,13 @@ def _tsv_questions(path: Path, base: Path) -> Iterator[tuple[Question | None, li
             report(ErrorKind.MISSING_FIELD, header[len(row)], message)
             yield None, issues
             continue
+        if not row["question"].strip():
+            report(ErrorKind.EMPTY_TEXT, "question", "must not be empty")
         options = {c: row[c].strip() for c in letters if row[c].strip()}
         question = build_question(row["question"], options, row.get("hint"))
         found = _check_question(question, row["answer"], report, tuple(options))
         image = _tsv_image(row, images, base, report)
-        if found is not None and image is not None:
+        if not issues:
             tag = row.get("category", "").strip() or DEFAULT_TAG
             ident = row["index"].strip()
             yield (
