@@ -1,10 +1,12 @@
 """The run config's ``eval`` section: ``eval/...`` metrics at the configured steps (metrics.jsonl and
-TensorBoard), programs compiled once, and a resumed run that evaluates exactly as the whole one."""
+TensorBoard), programs compiled once, a resumed run that evaluates exactly as the whole one, and
+``pairuni eval --run`` on a checkpoint agreeing with what the trainer logged at that step."""
 
 import json
 
 import pytest
 
+from pairuni_jax import cli
 from pairuni_jax.data.pipeline import DEMO_PAIRS
 from pairuni_jax.run_config import load_run_config
 from pairuni_jax.train import Trainer
@@ -64,6 +66,19 @@ def test_eval_during_training_logs_metrics_and_resumes_identically(tmp_path):
     resumed.run_steps()
     timeless = [{k: v for k, v in m.items() if k != "time"} for m in _eval_lines(part)]
     assert timeless == [{k: v for k, v in m.items() if k != "time"} for m in logged]
+
+    # `pairuni eval --run` on the step-1 checkpoint: what the trainer logged at step 1.
+    out = tmp_path / "eval"
+    argv = ["eval", "--run", str(full), "--step", "1", "--out", str(out), "--batch-size", "2"]
+    argv += ["--understanding", str(DEMO_PAIRS), "--max-questions", "3", "--max-new-tokens", "8"]
+    argv += ["--generation", str(tmp_path / "prompts.txt"), "--images-per-prompt", "2"]
+    assert cli.main(argv) == 0
+    report = json.loads((out / "report.json").read_text())
+    assert report["step"] == 1 and report["model"] == str(full)
+    step1 = logged[0]
+    assert report["understanding"]["accuracy"] == step1["eval/und/accuracy"]
+    assert report["understanding"]["no_letter"] == step1["eval/und/no_letter"]
+    assert report["generation"]["hps_mean"] == pytest.approx(step1["eval/gen/hps_mean"], abs=1e-5)
 
 
 def test_eval_section_is_checked():
