@@ -234,7 +234,7 @@ def test_image_token_count_comes_from_config(models):
     out = _rollout(model, ids, mask, ImageSettings(pad_id=PAD))
     assert out.tokens.shape == out.log_probs.shape == (1, 36)
     assert ((0 <= out.tokens) & (out.tokens < config.vq.num_embeddings)).all()
-    pixels = np.asarray(nnx.jit(image_rollout.decode_images)(model, jnp.asarray(out.tokens)))
+    pixels = np.asarray(image_rollout.decode_images_jit(model, jnp.asarray(out.tokens)))
     assert pixels.shape == (1, 48, 48, 3) and pixels.dtype == np.uint8
 
 

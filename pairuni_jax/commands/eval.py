@@ -20,18 +20,7 @@ import sys
 from pathlib import Path
 from typing import Any
 
-import numpy as np
-
 from pairuni_jax.commands import model_loading
-from pairuni_jax.evaluation import report as report_lib
-
-OUTPUTS = (
-    report_lib.REPORT_FILE,
-    report_lib.PREDICTIONS_FILE,
-    report_lib.GENERATIONS_FILE,
-    report_lib.IMAGES_DIR,
-    report_lib.GRID_FILE,
-)
 
 
 def register(subparsers: argparse._SubParsersAction) -> None:
@@ -77,6 +66,7 @@ class Policy:
 def run(args: argparse.Namespace) -> int:
     from flax import nnx
 
+    from pairuni_jax.evaluation import report as report_lib
     from pairuni_jax.evaluation.evaluator import EvalSettings, Evaluator
     from pairuni_jax.evaluation.inputs import read_prompts, read_questions, skipped_entries
     from pairuni_jax.rewards.accuracy import OptionLetterTable
@@ -164,6 +154,15 @@ def run(args: argparse.Namespace) -> int:
 
 
 def _check_arguments(args: argparse.Namespace, out: Path) -> None:
+    from pairuni_jax.evaluation import report as report_lib
+
+    outputs = (
+        report_lib.REPORT_FILE,
+        report_lib.PREDICTIONS_FILE,
+        report_lib.GENERATIONS_FILE,
+        report_lib.IMAGES_DIR,
+        report_lib.GRID_FILE,
+    )
     if (args.model is None) == (args.run is None):
         raise ValueError("pass exactly one of --model DIR and --run RUN_DIR")
     if args.step is not None and args.run is None:
@@ -177,13 +176,15 @@ def _check_arguments(args: argparse.Namespace, out: Path) -> None:
     for name in ("max_questions", "max_prompts"):
         if getattr(args, name) is not None and getattr(args, name) < 1:
             raise ValueError(f"--{name.replace('_', '-')} must be >= 1")
-    if not args.overwrite and (found := [n for n in OUTPUTS if (out / n).exists()]):
+    if not args.overwrite and (found := [n for n in outputs if (out / n).exists()]):
         raise ValueError(
             f"{out} already holds an evaluation ({', '.join(found)}); pass --overwrite"
         )
 
 
 def _load_policy(args: argparse.Namespace) -> Policy:
+    import numpy as np
+
     from pairuni_jax.data.prompts import PromptEncoder, load_tokenizer
     from pairuni_jax.rewards.accuracy import DEFAULT_LETTERS
 
@@ -204,7 +205,8 @@ def _load_policy(args: argparse.Namespace) -> Policy:
     tag = tuple(args.answer_tag) if args.answer_tag else run_tag
     letters = args.option_letters or config.reward.option_letters
     name = str(Path(args.run).absolute())
-    return Policy(model, encoder, name, policy.step, config.model.dtype, letters, tag, config)
+    dtype = np.dtype(model.dtype).name
+    return Policy(model, encoder, name, policy.step, dtype, letters, tag, config)
 
 
 def _load_reward(args: argparse.Namespace, policy: Policy) -> tuple[Any, Any, str | None]:
