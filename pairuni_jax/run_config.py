@@ -17,6 +17,7 @@ from pairuni_jax import config as config_lib
 from pairuni_jax.checkpoint.train_checkpoints import OnCorrupt
 from pairuni_jax.data.pipeline import DataConfig
 from pairuni_jax.dtypes import DType
+from pairuni_jax.evaluation.config import EvalConfig
 from pairuni_jax.logging.wandb_writer import WandbConfig
 from pairuni_jax.models.stack import RematPolicy
 from pairuni_jax.rl.health import NanPolicy
@@ -121,6 +122,7 @@ class RunConfig:
     mesh: MeshConfig = dataclasses.field(default_factory=MeshConfig)
     checkpoint: CheckpointSection = dataclasses.field(default_factory=CheckpointSection)
     logging: LoggingSection = dataclasses.field(default_factory=LoggingSection)
+    eval: EvalConfig = dataclasses.field(default_factory=EvalConfig)
 
     def __post_init__(self):
         if self.steps < 1:

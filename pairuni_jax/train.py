@@ -34,6 +34,7 @@ from pairuni_jax.checkpoint import train_checkpoints as checkpoints_lib
 from pairuni_jax.checkpoint.train_checkpoints import restore_checkpoint, save_checkpoint
 from pairuni_jax.data.pipeline import PairPipeline
 from pairuni_jax.data.prompts import SpecialIds, load_tokenizer
+from pairuni_jax.evaluation.in_training import TrainingEval
 from pairuni_jax.logging.metrics import MetricsWriter, format_line
 from pairuni_jax.logging.samples import save_answers, save_image_grid
 from pairuni_jax.models.clip import CLIP, CLIPConfig
@@ -166,6 +167,7 @@ class Run:
     step_tokens: dict[str, int]
     peak_flops: float | None  # per chip, for MFU
     lock: run_dir_lib.RunLock | None  # held by the lead host until the run ends
+    evaluator: TrainingEval | None = None  # the run config's ``eval`` section
 
 
 def setup(config: RunConfig, allowed_changes: tuple[str, ...] = ()) -> Run:
@@ -238,6 +240,18 @@ def _build(config: RunConfig, run_dir: Path, lock: run_dir_lib.RunLock | None) -
         config.checkpoint.on_corrupt,
         run_dir / checkpoints_lib.CORRUPT_DIR,
     )
+    evaluator = TrainingEval.from_run(
+        config,
+        mesh=mesh,
+        graphdef=graphdef,
+        model_config=policy.config,
+        tokenizer=tokenizer,
+        letters=letters,
+        hps_graphdef=hps_graphdef,
+        hps_params=reward_state["hps"],
+        hps_tokenize=pipeline.encoder.hps_tokenize,
+        verbose=is_lead(),
+    )
     data_iter = pipeline.iterator()
     start_step = 0
     if latest is not None:
@@ -262,6 +276,7 @@ def _build(config: RunConfig, run_dir: Path, lock: run_dir_lib.RunLock | None) -
         flops.step_tokens(shapes, policy.config),
         peak,
         lock,
+        evaluator,
     )
 
 
@@ -385,6 +400,8 @@ class Trainer:
                             self._on_nonfinite(step, nonfinite, values)
                     if config.logging.samples_every and step % config.logging.samples_every == 0:
                         self._write_samples(step, batch, samples, writer)
+                    if run.evaluator is not None and run.evaluator.due(step):
+                        writer.write(step, run.evaluator(state))
                     if (
                         step % config.checkpoint.every == 0
                         or step == config.steps
