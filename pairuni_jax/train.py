@@ -185,7 +185,7 @@ def setup(config: RunConfig) -> Run:
         vocab_size=policy.config.text.vocab_size,
     )
 
-    data_config = _data_for_model(config, policy.config)
+    data_config = data_for_model(config, policy.config)
     pipeline = PairPipeline(data_config, tokenizer, clip_tokenizer_dir)
     global_pairs = data_config.pairs_per_host * jax.process_count()
     check_rollout_rows(config, mesh, global_pairs)
@@ -277,7 +277,7 @@ def make_train_step(
     )
 
 
-def _data_for_model(config: RunConfig, model_config: JanusConfig):
+def data_for_model(config: RunConfig, model_config: JanusConfig):
     """The data config, checked against the image size and token count the model needs."""
     wanted = {
         "image_size": model_config.vision.image_size,

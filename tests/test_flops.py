@@ -10,7 +10,7 @@ from pairuni_jax.models.clip import CLIP, CLIPConfig
 from pairuni_jax.models.llama import LlamaConfig, LlamaModel
 from pairuni_jax.models.siglip import SiglipConfig, SiglipVisionModel
 from pairuni_jax.models.vq import VQConfig, VQModel
-from pairuni_jax.plan import count_program
+from pairuni_jax.plan.hlo import count_program
 
 SMALL = LlamaConfig(
     vocab_size=512,

@@ -1,0 +1,171 @@
+"""The plan as a text table, and the advice printed when the step does not fit."""
+
+from __future__ import annotations
+
+from pairuni_jax.flops import GIB
+from pairuni_jax.plan.model import Plan
+
+
+def _size(n: float) -> str:
+    """Bytes in GiB, or MiB below 1 GiB, right-aligned in 11 columns."""
+    return f"{n / GIB:7.2f} GiB" if n >= GIB else f"{n / 2**20:7.2f} MiB"
+
+
+def _flop(n: float) -> str:
+    """FLOPs in TFLOP, or GFLOP below 1 TFLOP, right-aligned in 13 columns."""
+    return f"{n / 1e12:7.2f} TFLOP" if n >= 1e12 else f"{n / 1e9:7.2f} GFLOP"
+
+
+def _hms(seconds: float) -> str:
+    hours, rest = divmod(round(seconds), 3600)
+    return f"{hours}h{rest // 60:02d}m"
+
+
+def format_plan(plan: Plan) -> str:
+    """The plan as a text table."""
+    c, m = plan.config, plan.memory
+    r = c.grpo.rollout
+    mesh = ", ".join(f"{k}={v}" for k, v in plan.mesh_shape.items())
+    lines = [
+        f"pairuni plan: {plan.target}, {plan.num_devices} devices, mesh {mesh}",
+        f"  model: {plan.sources['model']}; reward: {plan.sources['reward']}",
+        f"  dtype {c.model.dtype}, param_dtype {c.model.param_dtype}, remat {c.model.remat}; "
+        f"{plan.global_pairs} pairs x ({r.num_und_rollouts} answers of <= {r.max_new_tokens} "
+        f"tokens + {r.num_gen_rollouts} images); micro_batches {c.grpo.micro_batches}, "
+        f"inner_iterations {c.grpo.inner_iterations}",
+        "",
+        "memory per device",
+    ]
+    rows = dict(plan.arguments)
+    rows["outputs not aliased to the donated state"] = (
+        m.output_size_in_bytes - m.alias_size_in_bytes
+    )
+    rows["temporaries (activations, KV caches, gradients)"] = m.temp_size_in_bytes
+    lines += [f"  {name:<52}{_size(size)}" for name, size in rows.items()]
+    lines += [
+        f"    {'of which the ' + side + ' KV cache (analytic)':<50}{_size(size)}"
+        for side, size in plan.kv_cache.items()
+    ]
+    lines.append(f"  {'generated code':<52}{_size(m.generated_code_size_in_bytes)}")
+    total = f"  {'total':<52}{_size(plan.total_bytes)}"
+    if plan.hbm_bytes is not None:
+        chip = plan.chip.name if plan.chip else "the device"
+        verdict = "fits" if plan.fits else "DOES NOT FIT"
+        total += (
+            f" of {_size(plan.hbm_bytes).strip()} on {chip} "
+            f"({100 * plan.total_bytes / plan.hbm_bytes:.0f}%): {verdict}"
+        )
+    lines.append(total)
+    lines.append(
+        f"  memory_analysis() bytes: arguments {m.argument_size_in_bytes}, outputs "
+        f"{m.output_size_in_bytes}, aliased {m.alias_size_in_bytes}, temporaries "
+        f"{m.temp_size_in_bytes}, code {m.generated_code_size_in_bytes}"
+    )
+
+    a, n = plan.analytic, plan.num_devices
+    counts = plan.compiled_counts
+    flop_rows = {
+        "rollout: answers (prefill + decode)": a.answer_prefill + a.answer_decode,
+        "rollout: images (prefill + decode)": a.image_prefill + a.image_decode,
+        "rewards: VQ decode + HPS": a.rewards,
+        "KL reference forwards": a.reference,
+        "training (forward + backward)": a.training,
+        "model FLOPs": a.model,
+        "recomputed in the backward (remat)": a.recompute,
+    }
+    lines += ["", f"{'FLOPs per step, analytic':<54}{'per device':>13}{'all devices':>15}"]
+    lines += [
+        f"  {name:<52}{_flop(value / n)}  {_flop(value)}"
+        for name, value in flop_rows.items()
+        if value or name != "KL reference forwards"
+    ]
+    lines += [
+        "compiled program, per device (loops x trip counts)",
+        f"  {'matmul FLOPs outside the gradient (rollout, rewards)':<52}"
+        f"{_flop(counts.flops['rollout'])}",
+        f"  {'matmul FLOPs of the gradient (forward + backward)':<52}"
+        f"{_flop(counts.flops['training'])}",
+        f"  {'collective bytes outside / inside the gradient':<52}"
+        f"{_size(counts.collective_bytes['rollout'])} / "
+        f"{_size(counts.collective_bytes['training']).strip()}",
+        f"  (cost_analysis() counts each loop body once: {_flop(plan.cost_analysis_flops).strip()}"
+        + (
+            f"; {counts.unknown_loops} EOS-stopped loop counted at "
+            f"{max(r.max_new_tokens - 1, 1)} steps)"
+            if counts.unknown_loops
+            else ")"
+        ),
+        f"  tokens per step: {plan.tokens['sampled']} sampled, {plan.tokens['trained']} "
+        f"through the training forward per inner iteration",
+    ]
+    if plan.platform == "cpu" and c.model.dtype == "bf16":
+        lines.append(
+            "  (compiled by XLA:CPU, which runs bf16 matmuls in fp32: its collective bytes and "
+            "temporaries can be up to twice a TPU's)"
+        )
+    seconds = plan.step_seconds()
+    if seconds is not None:
+        step = sum(total for total, _ in seconds.values())
+        chip = plan.chip
+        lines += [
+            "",
+            f"projected step on {chip.name}: {chip.peak_flops / 1e12:.0f} TFLOP/s bf16 at MFU "
+            f"{plan.mfu:.2f}, {chip.hbm_bandwidth / 1e9:.0f} GB/s HBM, "
+            f"{chip.ici_bandwidth / 1e9:.0f} GB/s ICI",
+        ]
+        for phase, (total, bounds) in seconds.items():
+            parts = ", ".join(f"{k} {v:.2f} s" for k, v in bounds.items())
+            lines.append(f"  {phase:<52}{total:9.2f} s   (at least: {parts})")
+        lines.append(
+            f"  {'step':<52}{step:9.2f} s   {c.steps} steps: {_hms(step * c.steps)}; "
+            f"{plan.tokens['sampled'] / step / n:.0f} sampled tokens/s per chip"
+        )
+    lines.append(
+        f"\nlowered in {plan.seconds['lower']:.1f} s, compiled in {plan.seconds['compile']:.1f} s"
+    )
+    return "\n".join(lines)
+
+
+def advice(plan: Plan) -> str:
+    """Why the step does not fit, and the settings that would help, biggest consumer first."""
+    c = plan.config
+    knobs = {
+        "trainable parameters": [
+            "mesh.fsdp (shard parameters over more devices)",
+            "model.param_dtype=bf16 (halves parameters and optimizer state)",
+        ],
+        "frozen parameters": ["mesh.fsdp (shard the frozen towers over more devices)"],
+        "reference parameters": ["grpo.loss.kl_beta=0 (no reference copy)", "mesh.fsdp"],
+        "optimizer state": [
+            "mesh.fsdp (shard the optimizer state over more devices)",
+            "model.param_dtype=bf16 (bf16 Adam moments)",
+        ],
+        "reward model (HPS, letter table)": [
+            "mesh.fsdp (shards the reward model too)",
+            "reward.dtype=bf16",
+        ],
+        "temporaries (activations, KV caches, gradients)": [
+            f"grpo.micro_batches={2 * c.grpo.micro_batches} (smaller activation slices)",
+            "grpo.rollout.num_und_rollouts / num_gen_rollouts or data.pairs_per_host (fewer "
+            "rollouts per step: smaller KV caches and activations)",
+            "mesh.data / mesh.fsdp (split the rollout rows over more devices)",
+        ],
+    }
+    if c.model.remat != "full":
+        knobs["temporaries (activations, KV caches, gradients)"].insert(
+            0, "model.remat=full (recompute activations in the backward)"
+        )
+    if c.model.dtype != "bf16":
+        knobs["temporaries (activations, KV caches, gradients)"].insert(
+            0, "model.dtype=bf16 (bf16 KV cache and activations)"
+        )
+    top = plan.consumers()[:3]
+    lines = [
+        f"does not fit: {_size(plan.total_bytes).strip()} per device, "
+        f"{_size(plan.hbm_bytes).strip()} available. Biggest consumers:"
+    ]
+    for name, size in top:
+        lines.append(f"  {name}: {_size(size).strip()}")
+        for knob in knobs.get(name, []):
+            lines.append(f"    try {knob}")
+    return "\n".join(lines)
