@@ -45,6 +45,7 @@ from pairuni_jax.rewards.registry import RewardWeights
 from pairuni_jax.rl import optimizer as opt_lib
 from pairuni_jax.rl import rewards as rl_rewards
 from pairuni_jax.rl.train_step import TrainState, TrainStep, init_train_state
+from pairuni_jax.rollout import layout as rollout_layout
 from pairuni_jax.rollout.image import ImageSettings
 from pairuni_jax.rollout.text import TextSettings
 from pairuni_jax.run_config import ASSETS, ModelSection, RewardSection, RunConfig
@@ -195,9 +196,10 @@ def setup(config: RunConfig) -> Run:
     graphdef, state = init_train_state(policy, config.grpo, optimizer)
     state = jax.device_put(state, sharding.tree_shardings(state, mesh))
     hps_graphdef, reward_state = rl_rewards.reward_state(hps, letters)
-    step_fn = make_train_step(config, graphdef, optimizer, hps_graphdef, reward_state, ids)
-    shapes = flops.StepShapes.from_run_config(config, global_pairs)
     chip = flops.chip_for_device_kind(jax.devices()[0].device_kind)
+    layout = decode_layout(config, policy.config, mesh, global_pairs, chip)
+    step_fn = make_train_step(config, graphdef, optimizer, hps_graphdef, reward_state, ids, layout)
+    shapes = flops.StepShapes.from_run_config(config, global_pairs)
     peak = config.logging.peak_tflops * 1e12 if config.logging.peak_tflops else None
     peak = peak or (chip.peak_flops if chip else None)
 
@@ -242,6 +244,7 @@ def make_train_step(
     hps_graphdef: nnx.GraphDef,
     reward_state: Any,
     ids: SpecialIds,
+    layout: rollout_layout.DecodeLayout,
 ) -> TrainStep:
     """The Pair-GRPO step of ``config`` for a policy ``graphdef`` (from ``init_train_state``).
 
@@ -274,7 +277,34 @@ def make_train_step(
         rl_rewards.generation_reward_fn(weights, hps_graphdef),
         reward_state,
         learning_rate=opt_lib.learning_rate_schedule(config.optimizer),
+        decode_layout=layout,
     )
+
+
+def decode_layout(
+    config: RunConfig,
+    model_config: JanusConfig,
+    mesh: jax.sharding.Mesh,
+    global_pairs: int,
+    chip: flops.Chip | None,
+) -> rollout_layout.DecodeLayout:
+    """``grpo.rollout.layout`` resolved for this mesh and chip (``auto``: from the chip's HBM),
+    checked against the rollout rows."""
+    r = config.grpo.rollout
+    layout = rollout_layout.resolve(
+        r.layout,
+        model_config,
+        dict(mesh.shape),
+        DTYPES[config.model.dtype],
+        chip.hbm_bytes if chip else None,
+    )
+    rows = {
+        "understanding prompts": global_pairs,
+        "answer rows": global_pairs * r.num_und_rollouts,
+        "image rows": global_pairs * r.num_gen_rollouts,
+    }
+    rollout_layout.check(layout, model_config, dict(mesh.shape), rows)
+    return layout
 
 
 def data_for_model(config: RunConfig, model_config: JanusConfig):

@@ -13,8 +13,8 @@ from pairuni_jax.plan.abstract_run import (
     reward_config,
 )
 from pairuni_jax.plan.hlo import ProgramCounts, count_program
-from pairuni_jax.plan.model import Plan, make_plan
-from pairuni_jax.plan.report import advice, format_plan
+from pairuni_jax.plan.model import MeshMismatchError, Plan, make_plan
+from pairuni_jax.plan.report import advice, format_plan, plan_json, write_json
 from pairuni_jax.plan.slices import (
     LibtpuMismatchError,
     Slice,
@@ -25,6 +25,7 @@ from pairuni_jax.plan.slices import (
 __all__ = [
     "AbstractRun",
     "LibtpuMismatchError",
+    "MeshMismatchError",
     "Plan",
     "ProgramCounts",
     "Slice",
@@ -34,7 +35,9 @@ __all__ = [
     "count_program",
     "format_plan",
     "make_plan",
+    "plan_json",
     "policy_config",
     "reward_config",
     "tpu_topology_devices",
+    "write_json",
 ]

@@ -25,6 +25,7 @@ from pairuni_jax.checkpoint import convert as janus_convert
 from pairuni_jax.checkpoint import hf_config, hf_reader, model_dir
 from pairuni_jax.data.pipeline import HPS_CONTEXT_LENGTH
 from pairuni_jax.data.prompts import SpecialIds, load_tokenizer
+from pairuni_jax.flops import Chip
 from pairuni_jax.models.clip import CLIP, CLIPConfig
 from pairuni_jax.models.janus import Janus, JanusConfig
 from pairuni_jax.rewards.accuracy import LetterTableArrays, tag_patterns
@@ -199,10 +200,13 @@ class AbstractRun:
         return self.step_fn.lower(self.state, self.batch, self.rng)
 
 
-def build_abstract_run(config: RunConfig, mesh: jax.sharding.Mesh, hosts: int = 1) -> AbstractRun:
+def build_abstract_run(
+    config: RunConfig, mesh: jax.sharding.Mesh, hosts: int = 1, chip: Chip | None = None
+) -> AbstractRun:
     """The step ``train.setup`` would build for ``config`` on ``mesh``, from abstract inputs.
 
     hosts: processes feeding the step (global batch = ``data.pairs_per_host`` × hosts).
+    chip: the target chip (its HBM resolves ``grpo.rollout.layout=auto``), or None.
     """
     model_config, model_source = policy_config(config)
     hps_config, hps_source = reward_config(config)
@@ -249,8 +253,9 @@ def build_abstract_run(config: RunConfig, mesh: jax.sharding.Mesh, hosts: int = 
         "hps": _abstract(hps_params, sharding.state_shardings(hps_params, mesh)),
         "letters": _replicated(letters, mesh),
     }
+    layout = train_lib.decode_layout(config, model_config, mesh, global_pairs, chip)
     step_fn = train_lib.make_train_step(
-        config, graphdef, optimizer, hps_graphdef, reward_state, ids
+        config, graphdef, optimizer, hps_graphdef, reward_state, ids, layout
     )
     batch = abstract_batch(config, global_pairs, train_lib.batch_sharding(mesh, global_pairs))
     rng = jax.ShapeDtypeStruct(

@@ -33,6 +33,7 @@ from pairuni_jax.rl import advantages as adv_lib
 from pairuni_jax.rl.loss import Aggregation, LossConfig, aggregate, policy_loss
 from pairuni_jax.rl.policy import ImageLogprob, answer_logprobs, image_logprobs
 from pairuni_jax.rollout.image import ImageSettings, sample_images
+from pairuni_jax.rollout.layout import DecodeLayout, Decoder
 from pairuni_jax.rollout.text import TextSettings, sample_text
 
 Array = jax.Array
@@ -55,6 +56,9 @@ class RolloutConfig:
     cfg_weight: float = 5.0
     image_temperature: float = 1.0
     image_cache_segments: int = 4  # ImageSettings.cache_segments: decode speed vs compile time
+    # Where the weights the decode loops read live (rollout.layout): auto | train | replicated
+    # | tensor; auto picks replicated when its copy fits a quarter of HBM, else tensor.
+    layout: DecodeLayout = DecodeLayout.AUTO
 
     def __post_init__(self):
         if self.num_und_rollouts < 2 or self.num_gen_rollouts < 2:
@@ -150,6 +154,7 @@ class TrainStep:
         generation_reward: GenerationRewardFn,
         reward_state: Any,
         learning_rate: optax.Schedule | None = None,
+        decode_layout: DecodeLayout = DecodeLayout.TRAIN,
     ):
         self.graphdef = graphdef
         self.config = config
@@ -160,6 +165,7 @@ class TrainStep:
         self.generation_reward = generation_reward
         self.reward_state = reward_state
         self.learning_rate = learning_rate
+        self.decode_layout = decode_layout  # resolved (never AUTO): rollout.layout.resolve
         self.jitted = jax.jit(self._step, donate_argnums=(0,))
         self.last_samples: dict[str, Array] | None = None
 
@@ -188,9 +194,11 @@ class TrainStep:
         rng_text, rng_image = jax.random.split(jax.random.fold_in(rng, state.step))
 
         # 1. Rollouts and rewards, outside any gradient. The K samples of a prompt share one
-        # prefill; rows come out pair-major (row p·K + k), like the repeated prompts below.
+        # prefill; rows come out pair-major (row p·K + k), like the repeated prompts below. The
+        # weights the decode loops read are laid out for decoding once, for both rollouts.
+        decoder = Decoder(model, self.decode_layout)
         text = sample_text(
-            model,
+            decoder,
             batch["und_input_ids"],
             batch["und_attention_mask"],
             batch["und_pixel_values"],
@@ -199,7 +207,7 @@ class TrainStep:
             dataclasses.replace(self.text_settings, samples_per_prompt=ku),
         )
         images = sample_images(
-            model,
+            decoder,
             batch["gen_input_ids"],
             batch["gen_attention_mask"],
             rng_image,
