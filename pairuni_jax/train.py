@@ -291,20 +291,13 @@ def decode_layout(
     """``grpo.rollout.layout`` resolved for this mesh and chip (``auto``: from the chip's HBM),
     checked against the rollout rows."""
     r = config.grpo.rollout
-    layout = rollout_layout.resolve(
-        r.layout,
-        model_config,
-        dict(mesh.shape),
-        DTYPES[config.model.dtype],
-        chip.hbm_bytes if chip else None,
-    )
     rows = {
-        "understanding prompts": global_pairs,
         "answer rows": global_pairs * r.num_und_rollouts,
         "image rows": global_pairs * r.num_gen_rollouts,
     }
-    rollout_layout.check(layout, model_config, dict(mesh.shape), rows)
-    return layout
+    hbm = chip.hbm_bytes if chip else None
+    dtype = DTYPES[config.model.dtype]
+    return rollout_layout.resolve(r.layout, model_config, dict(mesh.shape), dtype, hbm, rows)
 
 
 def data_for_model(config: RunConfig, model_config: JanusConfig):

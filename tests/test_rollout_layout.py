@@ -17,7 +17,8 @@ from flax import nnx
 
 from pairuni_jax import sharding
 from pairuni_jax.models.janus import JanusConfig
-from pairuni_jax.plan.hlo import is_collective, parse_module
+from pairuni_jax.plan.hlo import is_collective
+from pairuni_jax.plan.hlo_module import parse_module
 from pairuni_jax.rollout import layout as layout_lib
 from pairuni_jax.rollout.image import ImageSettings, sample_images
 from pairuni_jax.rollout.layout import DecodeLayout, Decoder
@@ -133,18 +134,20 @@ def test_replicated_decode_loops_move_nothing_and_tensor_loops_only_gather(runs)
 
 def test_layout_checks_and_auto_choice():
     mesh = {"data": 1, "fsdp": 4, "tensor": 2}
-    rows = {"understanding prompts": 6}
     with pytest.raises(ValueError, match="layout=replicated splits rollout rows over"):
-        layout_lib.check(DecodeLayout.REPLICATED, CONFIG, mesh, rows)
+        layout_lib.check(DecodeLayout.REPLICATED, CONFIG, mesh, {"answer rows": 12})
     with pytest.raises(ValueError, match="mesh.tensor=4, which does not divide"):
         layout_lib.check(DecodeLayout.TENSOR, CONFIG, {"data": 1, "fsdp": 2, "tensor": 4}, {})
     seven_b = JanusConfig.janus_pro_7b()
     copy = layout_lib.copy_bytes(seven_b, DecodeLayout.REPLICATED, mesh, jnp.bfloat16)
     assert 13e9 < copy < 15e9  # about 7B parameters read by the loops, in bf16
-    resolve = lambda hbm, m=mesh: layout_lib.resolve(  # noqa: E731
-        DecodeLayout.AUTO, seven_b, m, jnp.bfloat16, hbm
-    )
-    assert resolve(95 * 2**30) is DecodeLayout.REPLICATED  # v5p
-    assert resolve(16 * 2**30, {"data": 1, "fsdp": 16, "tensor": 4}) is DecodeLayout.TENSOR
-    assert resolve(16 * 2**30, {"data": 1, "fsdp": 16, "tensor": 1}) is DecodeLayout.TRAIN
-    assert resolve(None) is DecodeLayout.REPLICATED
+
+    def auto(hbm, mesh=mesh, rows=64):
+        rows = {"answer rows": rows}
+        return layout_lib.resolve(DecodeLayout.AUTO, seven_b, mesh, jnp.bfloat16, hbm, rows)
+
+    assert auto(95 * 2**30) is DecodeLayout.REPLICATED  # v5p
+    assert auto(95 * 2**30, rows=12) is DecodeLayout.TENSOR  # 12 rows split 4 ways, not 8
+    assert auto(16 * 2**30, {"data": 1, "fsdp": 16, "tensor": 4}) is DecodeLayout.TENSOR  # v5e
+    assert auto(16 * 2**30, {"data": 1, "fsdp": 16, "tensor": 1}) is DecodeLayout.TRAIN
+    assert auto(None) is DecodeLayout.REPLICATED  # CPU: HBM unknown

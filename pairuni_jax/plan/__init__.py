@@ -2,8 +2,9 @@
 
 One concept per module: ``slices`` (the slice catalogue, TPU topologies, the libtpu check),
 ``abstract_run`` (the train step built from abstract inputs), ``hlo`` (reading the compiled
-program: ``count_program``), ``model`` (``make_plan``: compile, then measure) and ``report``
-(the text table, the advice, the JSON).
+program: ``count_program``; ``hlo_module`` parses the HLO text, ``trip_counts`` derives the loops'
+trip counts), ``model`` (``make_plan``: compile, then measure) and ``report`` (the text table, the
+advice, the JSON).
 """
 
 from pairuni_jax.plan.abstract_run import (
@@ -16,6 +17,7 @@ from pairuni_jax.plan.hlo import ProgramCounts, count_program
 from pairuni_jax.plan.model import MeshMismatchError, Plan, make_plan
 from pairuni_jax.plan.report import advice, format_plan, plan_json, write_json
 from pairuni_jax.plan.slices import (
+    LibtpuBusyError,
     LibtpuMismatchError,
     Slice,
     UnknownTopologyError,
@@ -24,6 +26,7 @@ from pairuni_jax.plan.slices import (
 
 __all__ = [
     "AbstractRun",
+    "LibtpuBusyError",
     "LibtpuMismatchError",
     "MeshMismatchError",
     "Plan",

@@ -31,15 +31,20 @@ from __future__ import annotations
 import dataclasses
 import math
 import re
-from collections.abc import Iterator
 
 import numpy as np
 
-_COMPUTATION = re.compile(r"^(?:ENTRY )?%?([\w.\-]+) \(.*\) -> .* \{$")
-_INSTRUCTION = re.compile(r"^\s+(ROOT )?%?([\w.\-]+) = (.*)$")
-_ARRAY = re.compile(r"(pred|[suf]\d+|bf16|f8\w*|c64|c128|token)\[([\d,]*)\]")
-_CALLED = re.compile(r"(?:calls|to_apply|body|true_computation|false_computation)=%?([\w.\-]+)")
-_CALLED_LISTS = re.compile(r"(?:branch_computations|called_computations)=\{([^}]*)\}")
+from pairuni_jax.plan.hlo_module import (
+    CALLED,
+    CALLED_LISTS,
+    Computation,
+    Instruction,
+    arrays,
+    itemsize,
+    parse_module,
+)
+from pairuni_jax.plan.trip_counts import derive_trip_count
+
 _TRIP_COUNT = re.compile(r'"known_trip_count":\{"n":"(\d+)"\}')
 _OP_NAME = re.compile(r'op_name="([^"]*)"')
 _WINDOW = re.compile(r"window=\{([^}]*)\}")
@@ -53,266 +58,18 @@ _COLLECTIVES = (
     "collective-broadcast",
     "ragged-all-to-all",
 )
-_BYTES = {"pred": 1, "bf16": 2, "c64": 8, "c128": 16, "token": 0}
-# Longest loop a trip count is derived for by iterating its state (decode loops are ~10^3).
-MAX_DERIVED_TRIPS = 1_000_000
-
-# Index of each total in a counts vector.
-FLOPS, BYTES, COUNT = 0, 2, 4  # +0: outside the gradient (rollout), +1: inside it (training)
-
-
-def _itemsize(dtype: str) -> float:
-    if dtype in _BYTES:
-        return _BYTES[dtype]
-    if dtype.startswith("f8"):
-        return 1
-    return int(re.sub(r"\D", "", dtype)) / 8
+# What one step's ops belong to: ``training`` (under ``jvp``/``transpose``: the forward and
+# backward of the loss), ``rewards`` (the ``rewards`` name scope of ``rl.train_step``), or
+# ``rollout`` (everything else: sampling, reference forwards). Index of each total in a counts
+# vector: FLOPS + phase, BYTES + phase, COUNT + phase.
+PHASES = ("rollout", "rewards", "training")
+FLOPS, BYTES, COUNT = 0, 3, 6
 
 
-def _arrays(type_text: str) -> list[tuple[str, tuple[int, ...]]]:
-    return [
-        (dtype, tuple(int(d) for d in dims.split(",") if d))
-        for dtype, dims in _ARRAY.findall(type_text)
-    ]
-
-
-def _split_type(rest: str) -> tuple[str, str]:
-    """``TYPE opcode(...)...`` -> (TYPE, the rest); a tuple TYPE is parenthesised."""
-    if not rest.startswith("("):
-        type_text, _, tail = rest.partition(" ")
-        return type_text, tail
-    depth = 0
-    for i, ch in enumerate(rest):
-        depth += {"(": 1, ")": -1}.get(ch, 0)
-        if depth == 0:
-            return rest[: i + 1], rest[i + 2 :]
-    raise ValueError(f"unbalanced HLO type in {rest[:200]!r}")
-
-
-def _operand_text(tail: str) -> str:
-    """The text between an instruction's opcode parentheses."""
-    inner = tail.split("(", 1)[1]
-    depth = 1
-    for i, ch in enumerate(inner):
-        depth += {"(": 1, ")": -1, "{": 1, "}": -1}.get(ch, 0)
-        if depth == 0:
-            return inner[:i]
-    return inner
-
-
-def _operands(tail: str) -> list[str]:
-    """Operand names (``%x``, or ``f32[2] %x`` in older dumps); literal text for ``constant``."""
-    text = re.sub(r"/\*.*?\*/", "", _operand_text(tail))
-    out, depth, token = [], 0, ""
-    for ch in text:
-        depth += {"(": 1, ")": -1, "{": 1, "}": -1}.get(ch, 0)
-        if ch == "," and depth == 0:
-            out.append(token)
-            token = ""
-        else:
-            token += ch
-    out.append(token)
-    return [t.strip().split(" ")[-1].lstrip("%") for t in out if t.strip()]
-
-
-@dataclasses.dataclass
-class Instruction:
-    name: str
-    type_text: str
-    opcode: str
-    tail: str  # "opcode(operands), attributes, metadata"
-
-    @property
-    def operands(self) -> list[str]:
-        return _operands(self.tail)
-
-    @property
-    def is_scalar(self) -> bool:
-        """A single integer or boolean (what loop counters are)."""
-        return re.fullmatch(r"(pred|[su]\d+)\[\](\{[^}]*\})?", self.type_text) is not None
-
-
-@dataclasses.dataclass
-class Computation:
-    name: str
-    instructions: dict[str, Instruction]
-    root: str
-
-    def __iter__(self) -> Iterator[Instruction]:
-        return iter(self.instructions.values())
-
-
-def parse_module(hlo_text: str) -> tuple[dict[str, Computation], str]:
-    """The computations of an HLO module (``compiled.as_text()``) and the entry's name."""
-    computations: dict[str, Computation] = {}
-    entry = None
-    current: Computation | None = None
-    for line in hlo_text.splitlines():
-        if current is None:
-            match = _COMPUTATION.match(line)
-            if match:
-                current = Computation(match.group(1), {}, "")
-                computations[current.name] = current
-                if line.startswith("ENTRY"):
-                    entry = current.name
-            continue
-        if line.startswith("}"):
-            current = None
-            continue
-        match = _INSTRUCTION.match(line)
-        if match:
-            type_text, tail = _split_type(match.group(3))
-            opcode = tail.split("(", 1)[0]
-            name = match.group(2)
-            current.instructions[name] = Instruction(name, type_text, opcode, tail)
-            if match.group(1):
-                current.root = name
-    if entry is None:
-        raise ValueError("no ENTRY computation in the HLO text")
-    return computations, entry
-
-
-# -- trip counts ---------------------------------------------------------------------------------
-
-
-class _Unknown:
-    def __repr__(self) -> str:
-        return "?"
-
-
-UNKNOWN = _Unknown()
-_COMPARE = {
-    "LT": lambda a, b: a < b,
-    "LE": lambda a, b: a <= b,
-    "GT": lambda a, b: a > b,
-    "GE": lambda a, b: a >= b,
-    "EQ": lambda a, b: a == b,
-    "NE": lambda a, b: a != b,
-}
-_ARITHMETIC = {
-    "add": lambda a, b: a + b,
-    "subtract": lambda a, b: a - b,
-    "multiply": lambda a, b: a * b,
-    "maximum": max,
-    "minimum": min,
-    "divide": lambda a, b: int(a / b) if b else UNKNOWN,  # integer division truncates
-    "remainder": lambda a, b: int(math.fmod(a, b)) if b else UNKNOWN,
-}
-
-
-class _Evaluator:
-    """Evaluates the scalar integer and boolean values of a computation, given its parameters.
-
-    Values are Python ints and bools, lists (tuples), or ``UNKNOWN`` (arrays, and anything that
-    depends on data). With ``bound=True`` an ``and`` of known-true and unknown operands counts as
-    true (the loop may stop earlier on data: an upper bound), and ``self.bounded`` records it.
-    """
-
-    def __init__(self, computations: dict[str, Computation], bound: bool = False):
-        self.computations = computations
-        self.bound = bound
-        self.bounded = False
-
-    def run(self, name: str, params: list) -> object:
-        comp = self.computations[name]
-        memo: dict[str, object] = {}
-        return self._value(comp, comp.root, params, memo)
-
-    def _value(self, comp: Computation, name: str, params: list, memo: dict) -> object:
-        if name not in memo:
-            memo[name] = self._compute(comp, comp.instructions[name], params, memo)
-        return memo[name]
-
-    def _compute(self, comp: Computation, ins: Instruction, params: list, memo: dict) -> object:
-        op = ins.opcode
-        if op == "parameter":
-            index = int(_operand_text(ins.tail))
-            return params[index] if index < len(params) else UNKNOWN
-        if not ins.is_scalar and not ins.type_text.startswith("("):
-            return UNKNOWN  # an array: data, not a loop counter
-        if op == "get-tuple-element":
-            value = self._value(comp, ins.operands[0], params, memo)
-            index = int(re.search(r"index=(\d+)", ins.tail).group(1))
-            return value[index] if isinstance(value, list) and index < len(value) else UNKNOWN
-        if op == "tuple":
-            return [self._value(comp, o, params, memo) for o in ins.operands]
-        if op in ("fusion", "call"):
-            called = _CALLED.search(ins.tail)
-            if called is None or called.group(1) not in self.computations:
-                return UNKNOWN
-            args = [self._value(comp, o, params, memo) for o in ins.operands]
-            return self.run(called.group(1), args)
-        if op == "constant":
-            literal = _operand_text(ins.tail).strip()
-            if literal in ("true", "false"):
-                return literal == "true"
-            try:
-                return int(literal)
-            except ValueError:
-                return UNKNOWN
-        args = [self._value(comp, o, params, memo) for o in ins.operands]
-        if op in ("and", "or"):
-            return self._logic(op, args)
-        if any(a is UNKNOWN for a in args):
-            return UNKNOWN
-        if op in ("copy", "convert", "bitcast") and len(args) == 1:
-            value = args[0]
-            return bool(value) if ins.type_text.startswith("pred") else int(value)
-        if op == "not":
-            return (not args[0]) if isinstance(args[0], bool) else ~args[0]
-        if op == "negate":
-            return -args[0]
-        if op == "compare":
-            direction = re.search(r"direction=(\w+)", ins.tail).group(1)
-            return _COMPARE[direction](args[0], args[1])
-        if op == "select":
-            return args[1] if args[0] else args[2]
-        if op == "clamp":
-            return min(max(args[1], args[0]), args[2])
-        if op in _ARITHMETIC and len(args) == 2:
-            return _ARITHMETIC[op](args[0], args[1])
-        return UNKNOWN
-
-    def _logic(self, op: str, args: list) -> object:
-        known = [a for a in args if a is not UNKNOWN]
-        if op == "and":
-            if any(a is False for a in known):
-                return False
-            if len(known) == len(args):
-                return True
-            if self.bound and known:  # data may end the loop sooner: count the bound
-                self.bounded = True
-                return True
-            return UNKNOWN
-        if any(a is True for a in known):
-            return True
-        return False if len(known) == len(args) else UNKNOWN
-
-
-def _derive_trip_count(
-    computations: dict[str, Computation], caller: Computation, loop: Instruction
-) -> tuple[int | None, bool]:
-    """(trips, bounded) of a ``while`` by running its scalar state, or (None, False)."""
-    condition = re.search(r"condition=%?([\w.\-]+)", loop.tail).group(1)
-    body = re.search(r"body=%?([\w.\-]+)", loop.tail).group(1)
-    init = _Evaluator(computations)._value(caller, loop.operands[0], [], {})
-    if not isinstance(init, list):
-        init = [init]
-    evaluator = _Evaluator(computations, bound=True)
-    state = init
-    for trips in range(MAX_DERIVED_TRIPS + 1):
-        go = evaluator.run(condition, [state])
-        if go is UNKNOWN:
-            return None, False
-        if not go:
-            return trips, evaluator.bounded
-        state = evaluator.run(body, [state])
-        if not isinstance(state, list):
-            state = [state]
-    return None, False
-
-
-# -- counting ------------------------------------------------------------------------------------
+def phase(op_name: str) -> int:
+    if "jvp(" in op_name or "transpose(" in op_name:
+        return 2
+    return 1 if "/rewards/" in op_name else 0
 
 
 def _conv_taps(lhs: int, window: int, out: int, stride: int, pad: int, dil_l: int, dil_r: int):
@@ -323,7 +80,7 @@ def _conv_taps(lhs: int, window: int, out: int, stride: int, pad: int, dil_l: in
 
 
 def _convolution_flops(ins: Instruction, shapes: dict[str, list]) -> float:
-    out = _arrays(ins.type_text)[0][1]
+    out = arrays(ins.type_text)[0][1]
     lhs_name, rhs_name = ins.operands[:2]
     lhs, rhs = shapes[lhs_name][0][1], shapes[rhs_name][0][1]
     lhs_labels, rhs_labels, out_labels = _DIM_LABELS.search(ins.tail).groups()
@@ -353,7 +110,7 @@ def _convolution_flops(ins: Instruction, shapes: dict[str, list]) -> float:
 
 
 def _dot_flops(ins: Instruction, shapes: dict[str, list]) -> float:
-    out = _arrays(ins.type_text)[0][1]
+    out = arrays(ins.type_text)[0][1]
     lhs_shape = shapes[ins.operands[0]][0][1]
     dims = re.search(r"lhs_contracting_dims=\{([\d,]*)\}", ins.tail)
     contracted = [lhs_shape[int(d)] for d in dims.group(1).split(",") if d] if dims else []
@@ -367,8 +124,7 @@ def is_collective(opcode: str) -> bool:
 
 @dataclasses.dataclass(frozen=True)
 class Counts:
-    """Matmul FLOPs, collective bytes and collective ops, each split into ``rollout`` (no
-    gradient) and ``training`` (ops under ``jvp``/``transpose``: forward and backward)."""
+    """Matmul FLOPs, collective bytes and collective ops, each split by ``PHASES``."""
 
     flops: dict[str, float]
     collective_bytes: dict[str, float]
@@ -377,7 +133,7 @@ class Counts:
     @classmethod
     def from_vector(cls, v: np.ndarray) -> Counts:
         def split(i: int) -> dict[str, float]:
-            return {"rollout": float(v[i]), "training": float(v[i + 1])}
+            return {name: float(v[i + k]) for k, name in enumerate(PHASES)}
 
         return cls(split(FLOPS), split(BYTES), split(COUNT))
 
@@ -424,39 +180,39 @@ def count_program(hlo_text: str, default_trip_count: int) -> ProgramCounts:
         if name in memo:
             return memo[name]
         comp = computations[name]
-        totals = np.zeros(6)
-        shapes = {ins.name: _arrays(ins.type_text) for ins in comp}
+        totals = np.zeros(9)
+        shapes = {ins.name: arrays(ins.type_text) for ins in comp}
         for ins in comp:
             op_name = _OP_NAME.search(ins.tail)
             op_name = op_name.group(1) if op_name else ""
-            grad = int("jvp(" in op_name or "transpose(" in op_name)
+            part = phase(op_name)
             if ins.opcode == "dot":
-                totals[FLOPS + grad] += _dot_flops(ins, shapes)
+                totals[FLOPS + part] += _dot_flops(ins, shapes)
             elif ins.opcode == "convolution":
-                totals[FLOPS + grad] += _convolution_flops(ins, shapes)
+                totals[FLOPS + part] += _convolution_flops(ins, shapes)
             elif is_collective(ins.opcode):
-                totals[BYTES + grad] += sum(
-                    _itemsize(d) * math.prod(s) for d, s in _arrays(ins.type_text)
+                totals[BYTES + part] += sum(
+                    itemsize(d) * math.prod(s) for d, s in arrays(ins.type_text)
                 )
-                totals[COUNT + grad] += 1
+                totals[COUNT + part] += 1
             if ins.opcode in ("async-update", "async-done"):  # their computation runs once
                 continue
-            called = _CALLED.findall(ins.tail)
-            for group in _CALLED_LISTS.findall(ins.tail):
+            called = CALLED.findall(ins.tail)
+            for group in CALLED_LISTS.findall(ins.tail):
                 called += [c.strip().lstrip("%") for c in group.split(",") if c.strip()]
             sub = [visit(c) for c in called if c in computations]
             if not sub:
                 continue
             if ins.opcode == "while":
                 condition = re.search(r"condition=%?([\w.\-]+)", ins.tail).group(1)
-                per_trip = sum(sub, np.zeros(6)) + visit(condition)
+                per_trip = sum(sub, np.zeros(9)) + visit(condition)
                 trips, source = _trip_count(computations, comp, ins, default_trip_count)
                 loops.append(Loop(op_name, trips, source, Counts.from_vector(per_trip)))
                 totals += trips * per_trip
             elif ins.opcode == "conditional":  # one branch runs: the costliest
                 totals += max(sub, key=lambda v: v.sum())
             else:
-                totals += sum(sub, np.zeros(6))
+                totals += sum(sub, np.zeros(9))
         memo[name] = totals
         return totals
 
@@ -471,7 +227,7 @@ def _trip_count(
     known = _TRIP_COUNT.search(loop.tail)
     if known:
         return int(known.group(1)), "known"
-    trips, bounded = _derive_trip_count(computations, caller, loop)
+    trips, bounded = derive_trip_count(computations, caller, loop)
     if trips is None:
         return default, "default"
     return trips, "bounded" if bounded else "derived"

@@ -144,7 +144,8 @@ class Plan:
         bounds = {
             "rollout": {
                 "compute and HBM": (a.rollout - a.decode) / rate + decode,
-                "collectives": collectives["rollout"] / chip.ici_bandwidth,
+                "collectives": (collectives["rollout"] + collectives["rewards"])
+                / chip.ici_bandwidth,
             },
             "training": {
                 "compute": a.training / rate,

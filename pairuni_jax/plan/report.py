@@ -89,12 +89,13 @@ def format_plan(plan: Plan) -> str:
     ]
     lines += [
         "compiled program, per device (loops x trip counts)",
-        f"  {'matmul FLOPs outside the gradient (rollout, rewards)':<52}"
-        f"{_flop(counts.flops['rollout'])}",
-        f"  {'matmul FLOPs of the gradient (forward + backward)':<52}"
+        f"  {'matmul FLOPs: rollout (sampling, KL reference)':<52}{_flop(counts.flops['rollout'])}",
+        f"  {'matmul FLOPs: rewards (VQ decode + HPS)':<52}{_flop(counts.flops['rewards'])}",
+        f"  {'matmul FLOPs: the gradient (forward + backward)':<52}"
         f"{_flop(counts.flops['training'])}",
-        f"  {'collective bytes outside / inside the gradient':<52}"
+        f"  {'collective bytes: rollout / rewards / gradient':<52}"
         f"{_size(counts.collective_bytes['rollout'])} / "
+        f"{_size(counts.collective_bytes['rewards']).strip()} / "
         f"{_size(counts.collective_bytes['training']).strip()}",
         *(
             f"  {'per decoded ' + side[:-1] + ' (one decode step, all rows)':<52}"

@@ -57,6 +57,10 @@ class LibtpuMismatchError(ValueError):
     """The installed libtpu is not the one the installed jax was released with."""
 
 
+class LibtpuBusyError(ValueError):
+    """Another process on this machine holds libtpu."""
+
+
 @dataclasses.dataclass(frozen=True)
 class Slice:
     """A target slice: its chip, its number of chips (JAX devices) and hosts."""
@@ -138,4 +142,13 @@ def tpu_topology_devices(target: Slice) -> list[jax.Device] | None:
         raise LibtpuMismatchError(problem)
     from jax.experimental import topologies
 
-    return list(topologies.get_topology_desc(TPU_TOPOLOGIES[target.name], platform="tpu").devices)
+    try:
+        topology = topologies.get_topology_desc(TPU_TOPOLOGIES[target.name], platform="tpu")
+    except jax.errors.JaxRuntimeError as e:
+        if "lockfile" not in str(e):
+            raise
+        raise LibtpuBusyError(
+            "another process on this machine holds libtpu (/tmp/libtpu_lockfile). Wait for it, "
+            "or, when that process only compiles too, set ALLOW_MULTIPLE_LIBTPU_LOAD=1"
+        ) from None
+    return list(topology.devices)

@@ -223,13 +223,14 @@ class TrainStep:
             "prompt_mask": _repeat(batch["gen_attention_mask"], kg),
         }
         text, images = jax.lax.stop_gradient((text, images))
-        pixels = jax.lax.stop_gradient(model.decode_image_tokens(images.tokens))
-        und_reward, und_parts = self.understanding_reward(
-            reward_state, text.tokens, text.mask, batch, ku
-        )
-        gen_reward, gen_parts = self.generation_reward(
-            reward_state, pixels, images.tokens, batch, kg
-        )
+        with jax.named_scope("rewards"):  # the scope ``pairuni plan`` counts rewards by
+            pixels = jax.lax.stop_gradient(model.decode_image_tokens(images.tokens))
+            und_reward, und_parts = self.understanding_reward(
+                reward_state, text.tokens, text.mask, batch, ku
+            )
+            gen_reward, gen_parts = self.generation_reward(
+                reward_state, pixels, images.tokens, batch, kg
+            )
 
         # 2. Pair-weighted, group-normalised advantages (PairUni Eq. 3-4).
         weights = adv_lib.pair_weights(

@@ -97,25 +97,30 @@ def resolve(
     mesh_shape: dict[str, int],
     dtype: Any,
     hbm_bytes: int | None,
+    rows: dict[str, int],
 ) -> DecodeLayout:
-    """``layout``, with ``auto`` replaced by the layout it picks (see the module docstring)."""
+    """``layout`` checked (``check``), with ``auto`` replaced by the layout it picks (see the
+    module docstring; a layout whose rows do not split is skipped)."""
     if layout is not DecodeLayout.AUTO:
+        check(layout, model, mesh_shape, rows)
         return layout
-    if hbm_bytes is None:
-        return DecodeLayout.REPLICATED
-    budget = AUTO_HBM_FRACTION * hbm_bytes
-    if copy_bytes(model, DecodeLayout.REPLICATED, mesh_shape, dtype) <= budget:
-        return DecodeLayout.REPLICATED
-    tensor_copy = copy_bytes(model, DecodeLayout.TENSOR, mesh_shape, dtype)
-    if mesh_shape.get("tensor", 1) > 1 and tensor_copy <= budget:
-        return DecodeLayout.TENSOR
+    budget = None if hbm_bytes is None else AUTO_HBM_FRACTION * hbm_bytes
+    for candidate in (DecodeLayout.REPLICATED, DecodeLayout.TENSOR):
+        if candidate is DecodeLayout.TENSOR and mesh_shape.get("tensor", 1) == 1:
+            continue
+        try:
+            check(candidate, model, mesh_shape, rows)
+        except ValueError:
+            continue
+        if budget is None or copy_bytes(model, candidate, mesh_shape, dtype) <= budget:
+            return candidate
     return DecodeLayout.TRAIN
 
 
 def check(layout: DecodeLayout, model: JanusConfig, mesh_shape: dict[str, int], rows: dict) -> None:
     """Raises ValueError naming the field when ``layout`` cannot lay out these rollouts.
 
-    rows: {what: count} of every batch the rollouts constrain (prompts and rollout rows)."""
+    rows: {what: count} of the rollout rows (answers, CFG image rows) the loops decode."""
     ways = math.prod(mesh_shape.get(a, 1) for a in batch_axes(layout))
     for what, count in rows.items():
         if count % ways:
