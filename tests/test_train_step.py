@@ -52,7 +52,9 @@ def test_full_step_on_mesh_runs_changes_params_and_is_deterministic(mesh):
     with jax.set_mesh(mesh):
         state, on_mesh = _on_mesh(mesh, state, batch)
         for _ in range(2):  # the state is donated: run from a fresh copy each time
-            new_state, metrics = step(jax.tree.map(jnp.copy, state), on_mesh, jax.random.key(0))
+            new_state, metrics, samples = step(
+                jax.tree.map(jnp.copy, state), on_mesh, jax.random.key(0)
+            )
             runs.append(jax.tree.map(float, metrics))
     metrics = runs[0]
     assert all(np.isfinite(v) for v in metrics.values()), metrics
@@ -78,13 +80,19 @@ def test_full_step_on_mesh_runs_changes_params_and_is_deterministic(mesh):
     # At the first inner step the policy is the sampler: teacher-forced log-probs match.
     assert metrics["und/logp_gap"] < 1e-4 and metrics["gen/logp_gap"] < 1e-4
     assert metrics["und/clip_fraction"] == 0.0
+    # The previews are the first pair's K_g images and K_u answers, with their rewards.
+    k_u, k_g = config.rollout.num_und_rollouts, config.rollout.num_gen_rollouts
+    assert samples.images.shape == (k_g, 32, 32, 3) and samples.images.dtype == jnp.uint8
+    assert samples.answers.shape == (k_u, config.rollout.max_new_tokens)
+    assert samples.answer_mask.shape == samples.answers.shape
+    assert samples.image_rewards.shape == (k_g,) and samples.answer_rewards.shape == (k_u,)
 
 
 def _reward_means(step, state, batch, keys):
     """Mean reward of each side for rollouts of ``state``'s policy (no update kept)."""
     values = []
     for key in keys:
-        _, metrics = step(jax.tree.map(jnp.copy, state), batch, key)
+        _, metrics, _ = step(jax.tree.map(jnp.copy, state), batch, key)
         values.append((float(metrics["und/reward_mean"]), float(metrics["gen/reward_mean"])))
     return np.array(values)
 
@@ -104,7 +112,7 @@ def test_learn_raises_both_rewards_above_noise():
     noise = start.std(axis=0)
     num_steps = 20
     for i in range(num_steps):
-        state, _ = step(state, batch, jax.random.key(i))
+        state, _, _ = step(state, batch, jax.random.key(i))
     end = _reward_means(step, state, batch, [jax.random.key(200 + i) for i in range(4)])
     gain = end.mean(axis=0) - start.mean(axis=0)
     print(
@@ -233,7 +241,7 @@ def test_grpo_step_with_kl_guided_logprobs_accumulation_and_inner_iterations():
     )
     step, state = fx.build_step(config, *fx.low_token_rewards(512, 32), lr=1e-2)
     assert state.ref_params is not None
-    new_state, metrics = step(state, fx.as_jax(fx.synthetic_batch(2)), jax.random.key(3))
+    new_state, metrics, _ = step(state, fx.as_jax(fx.synthetic_batch(2)), jax.random.key(3))
     metrics = jax.tree.map(float, metrics)
     assert all(np.isfinite(v) for v in metrics.values()), metrics
     assert metrics["und/kl"] < 1e-6 and metrics["gen/kl"] < 1e-6

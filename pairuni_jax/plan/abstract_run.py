@@ -221,7 +221,7 @@ def build_abstract_run(
     train_lib.check_rollout_rows(config, mesh, global_pairs)
 
     m = config.model
-    dtype, param_dtype = train_lib.DTYPES[m.dtype], train_lib.DTYPES[m.param_dtype]
+    dtype, param_dtype = m.dtype.dtype, m.param_dtype.dtype
     policy = nnx.eval_shape(
         lambda: Janus(
             model_config,
@@ -242,7 +242,7 @@ def build_abstract_run(
     state = _abstract(state, sharding.tree_shardings(state, mesh))
 
     hps = nnx.eval_shape(
-        lambda: CLIP(hps_config, dtype=train_lib.DTYPES[config.reward.dtype], rngs=nnx.Rngs(0))
+        lambda: CLIP(hps_config, dtype=config.reward.dtype.dtype, rngs=nnx.Rngs(0))
     )
     hps_graphdef, hps_params = nnx.split(hps)
     ids, (open_tag, close_tag) = _special_ids_and_tags(config, model_config)

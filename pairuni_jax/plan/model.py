@@ -32,7 +32,6 @@ import jax.numpy as jnp
 
 from pairuni_jax import flops as flops_lib
 from pairuni_jax import sharding
-from pairuni_jax import train as train_lib
 from pairuni_jax.flops import Chip
 from pairuni_jax.plan.abstract_run import build_abstract_run
 from pairuni_jax.plan.hlo import Loop, ProgramCounts, count_program
@@ -173,7 +172,7 @@ def _decode_costs(
 ) -> tuple[dict[str, int], int, dict[str, float]]:
     """(KV-cache bytes, decode-copy bytes, HBM bytes the decode loops read) per device."""
     model, r = run.model_config, config.grpo.rollout
-    dtype = train_lib.DTYPES[config.model.dtype]
+    dtype = config.model.dtype.dtype
     pairs = run.batch["und_input_ids"].shape[0]
     batch_ways = math.prod(mesh_shape[a] for a in rollout_layout.batch_axes(layout))
     head_ways = 1 if layout is rollout_layout.DecodeLayout.REPLICATED else mesh_shape["tensor"]

@@ -13,12 +13,12 @@ from pathlib import Path
 import jax
 import jax.numpy as jnp
 from flax import nnx
-from jax.sharding import Mesh, SingleDeviceSharding
+from jax.sharding import Mesh
 
-from pairuni_jax import sharding
 from pairuni_jax.checkpoint import model_dir
 from pairuni_jax.checkpoint.hpsv2 import REWARD_KIND
 from pairuni_jax.models.clip import CLIP, CLIPConfig
+from pairuni_jax.models.stack import RematPolicy
 from pairuni_jax.rewards.preprocess import janus_to_clip
 
 
@@ -64,7 +64,7 @@ def load_reward_model(
     *,
     dtype: jnp.dtype = jnp.float32,
     param_dtype: jnp.dtype = jnp.float32,
-    remat: bool = False,
+    remat: RematPolicy = RematPolicy.NONE,
 ) -> CLIP:
     """Restores a reward directory written by ``pairuni convert hpsv2``.
 
@@ -83,12 +83,4 @@ def load_reward_model(
     abstract = nnx.eval_shape(
         lambda: CLIP(config, dtype=dtype, param_dtype=param_dtype, remat=remat, rngs=nnx.Rngs(0))
     )
-    graphdef, state = nnx.split(abstract)
-    if mesh is not None:
-        shardings = nnx.to_pure_dict(sharding.state_shardings(state, mesh))
-    else:
-        device = SingleDeviceSharding(jax.devices()[0])
-        shardings = jax.tree.map(lambda _: device, nnx.to_pure_dict(state))
-    target = model_dir.abstract_like(nnx.to_pure_dict(state), shardings)
-    nnx.replace_by_pure_dict(state, model_dir.restore_params(directory, target))
-    return nnx.merge(graphdef, state)
+    return model_dir.restore_module(directory, abstract, mesh)
