@@ -48,6 +48,7 @@ from pairuni_jax.rl import optimizer as opt_lib
 from pairuni_jax.rl import rewards as rl_rewards
 from pairuni_jax.rl.rollout_data import StepSamples
 from pairuni_jax.rl.train_step import TrainState, TrainStep, init_train_state
+from pairuni_jax.rollout import layout as rollout_layout
 from pairuni_jax.rollout import limits
 from pairuni_jax.rollout.image import ImageSettings
 from pairuni_jax.rollout.text import TextSettings
@@ -208,7 +209,7 @@ def _build(config: RunConfig, run_dir: Path, lock: run_dir_lib.RunLock | None) -
         vocab_size=policy.config.text.vocab_size,
     )
 
-    data_config = _data_for_model(config, policy.config)
+    data_config = data_for_model(config, policy.config)
     check_positions(config, policy.config)
     pipeline = PairPipeline(data_config, tokenizer, clip_tokenizer_dir)
     global_pairs = data_config.pairs_per_host * jax.process_count()
@@ -219,9 +220,10 @@ def _build(config: RunConfig, run_dir: Path, lock: run_dir_lib.RunLock | None) -
     graphdef, state = init_train_state(policy, config.grpo, optimizer)
     state = jax.device_put(state, sharding.tree_shardings(state, mesh))
     hps_graphdef, reward_state = rl_rewards.reward_state(hps, letters)
-    step_fn = make_train_step(config, graphdef, optimizer, hps_graphdef, reward_state, ids)
-    shapes = flops.StepShapes.from_run_config(config, global_pairs)
     chip = flops.chip_for_device_kind(jax.devices()[0].device_kind)
+    layout = decode_layout(config, policy.config, mesh, global_pairs, chip)
+    step_fn = make_train_step(config, graphdef, optimizer, hps_graphdef, reward_state, ids, layout)
+    shapes = flops.StepShapes.from_run_config(config, global_pairs)
     peak = config.logging.peak_tflops * 1e12 if config.logging.peak_tflops else None
     peak = peak or (chip.peak_flops if chip else None)
 
@@ -287,6 +289,7 @@ def make_train_step(
     hps_graphdef: nnx.GraphDef,
     reward_state: Any,
     ids: SpecialIds,
+    layout: rollout_layout.DecodeLayout,
 ) -> TrainStep:
     """The Pair-GRPO step of ``config`` for a policy ``graphdef`` (from ``init_train_state``).
 
@@ -320,6 +323,7 @@ def make_train_step(
         reward_state,
         learning_rate=opt_lib.learning_rate_schedule(config.optimizer),
         skip_nonfinite=config.nan_policy is health.NanPolicy.SKIP_STEP,
+        decode_layout=layout,
     )
 
 
@@ -340,7 +344,26 @@ def check_positions(config: RunConfig, model_config: JanusConfig) -> None:
     )
 
 
-def _data_for_model(config: RunConfig, model_config: JanusConfig):
+def decode_layout(
+    config: RunConfig,
+    model_config: JanusConfig,
+    mesh: jax.sharding.Mesh,
+    global_pairs: int,
+    chip: flops.Chip | None,
+) -> rollout_layout.DecodeLayout:
+    """``grpo.rollout.layout`` resolved for this mesh and chip (``auto``: from the chip's HBM),
+    checked against the rollout rows."""
+    r = config.grpo.rollout
+    rows = {
+        "answer rows": global_pairs * r.num_und_rollouts,
+        "image rows": global_pairs * r.num_gen_rollouts,
+    }
+    hbm = chip.hbm_bytes if chip else None
+    dtype = config.model.dtype.dtype
+    return rollout_layout.resolve(r.layout, model_config, dict(mesh.shape), dtype, hbm, rows)
+
+
+def data_for_model(config: RunConfig, model_config: JanusConfig):
     """The data config, checked against the image size and token count the model needs."""
     wanted = {
         "image_size": model_config.vision.image_size,

@@ -40,6 +40,7 @@ from pairuni_jax.rl.rollout_data import (
     UnderstandingRollouts,
 )
 from pairuni_jax.rollout.image import ImageSettings, sample_images
+from pairuni_jax.rollout.layout import DecodeLayout, Decoder
 from pairuni_jax.rollout.text import TextSettings, sample_text
 
 Array = jax.Array
@@ -70,6 +71,9 @@ class RolloutConfig:
         image_temperature: divides the guided image logits.
         image_cache_segments: ``ImageSettings.cache_segments``: the image decode runs as this
             many loops over a growing KV cache (decode speed vs compile time).
+        layout: where the weights the decode loops read live (``rollout.layout``): ``auto``,
+            ``train``, ``replicated`` or ``tensor``; ``auto`` takes ``replicated`` when its copy
+            fits a quarter of the chip's HBM, else ``tensor`` on a mesh with a tensor axis.
     """
 
     num_und_rollouts: int = 8
@@ -81,6 +85,7 @@ class RolloutConfig:
     cfg_weight: float = 5.0
     image_temperature: float = 1.0
     image_cache_segments: int = 4
+    layout: DecodeLayout = DecodeLayout.AUTO
 
     def __post_init__(self):
         if self.num_und_rollouts < 2 or self.num_gen_rollouts < 2:
@@ -202,6 +207,7 @@ class TrainStep:
         reward_state: Any,
         learning_rate: optax.Schedule | None = None,
         skip_nonfinite: bool = False,
+        decode_layout: DecodeLayout = DecodeLayout.TRAIN,
     ):
         self.graphdef = graphdef
         self.config = config
@@ -214,6 +220,7 @@ class TrainStep:
         self.learning_rate = learning_rate
         # health.NanPolicy.SKIP_STEP, an argument (not a constant): one program for both policies
         self.skip_nonfinite = skip_nonfinite
+        self.decode_layout = decode_layout  # resolved (never AUTO): rollout.layout.resolve
         self.jitted = jax.jit(self._step, donate_argnums=(0,))
 
     def __call__(
@@ -244,9 +251,11 @@ class TrainStep:
         rng_text, rng_image = jax.random.split(jax.random.fold_in(rng, state.step))
 
         # 1. Rollouts and rewards, outside any gradient. The K samples of a prompt share one
-        # prefill; rows come out pair-major (row p·K + k), like the repeated prompts below.
+        # prefill; rows come out pair-major (row p·K + k), like the repeated prompts below. The
+        # weights the decode loops read are laid out for decoding once, for both rollouts.
+        decoder = Decoder(model, self.decode_layout)
         text = sample_text(
-            model,
+            decoder,
             batch["und_input_ids"],
             batch["und_attention_mask"],
             batch["und_pixel_values"],
@@ -255,20 +264,21 @@ class TrainStep:
             dataclasses.replace(self.text_settings, samples_per_prompt=ku),
         )
         images = sample_images(
-            model,
+            decoder,
             batch["gen_input_ids"],
             batch["gen_attention_mask"],
             rng_image,
             dataclasses.replace(self.image_settings, samples_per_prompt=kg),
         )
         text, images = jax.lax.stop_gradient((text, images))
-        pixels = jax.lax.stop_gradient(model.decode_image_tokens(images.tokens))
-        und_reward, und_parts = self.understanding_reward(
-            reward_state, text.tokens, text.mask, batch, ku
-        )
-        gen_reward, gen_parts = self.generation_reward(
-            reward_state, pixels, images.tokens, batch, kg
-        )
+        with jax.named_scope("rewards"):  # the scope ``pairuni plan`` counts rewards by
+            pixels = jax.lax.stop_gradient(model.decode_image_tokens(images.tokens))
+            und_reward, und_parts = self.understanding_reward(
+                reward_state, text.tokens, text.mask, batch, ku
+            )
+            gen_reward, gen_parts = self.generation_reward(
+                reward_state, pixels, images.tokens, batch, kg
+            )
 
         # 2. Pair-weighted, group-normalised advantages (PairUni Eq. 3-4).
         weights = adv_lib.pair_weights(
