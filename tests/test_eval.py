@@ -305,5 +305,5 @@ def test_cli_reports_bad_input_in_one_line(tmp_path, capsys):
     assert "exactly one of --model" in capsys.readouterr().out
     argv = ["eval", "--model", str(tmp_path), "--generation", "p.txt", "--temperature", "0"]
     assert cli.main([*argv, "--out", str(tmp_path / "out")]) == 2
-    assert "temperature must be > 0" in capsys.readouterr().out
+    assert "temperature must be finite and > 0, got 0.0" in capsys.readouterr().out
     assert not (tmp_path / "out").exists()

@@ -19,7 +19,7 @@ def test_a_non_finite_step_is_flagged_and_its_update_skipped():
     key = jax.random.key(0)
     fresh = jax.tree.map(np.asarray, (state.params, state.opt_state))
 
-    updated, metrics = step(jax.tree.map(jnp.copy, state), batch, key)
+    updated, metrics, _ = step(jax.tree.map(jnp.copy, state), batch, key)
     assert _flags(metrics) == dict.fromkeys(health.KEYS, 0.0)
     assert any(
         not np.array_equal(a, b)
@@ -34,7 +34,7 @@ def test_a_non_finite_step_is_flagged_and_its_update_skipped():
     )
     poisoned = state.replace(params=params, opt_state=jax.tree.map(jnp.copy, state.opt_state))
     expected = jax.tree.map(np.asarray, (params, state.opt_state))
-    kept, metrics = step(poisoned, batch, key)
+    kept, metrics, _ = step(poisoned, batch, key)
     assert _flags(metrics) == dict.fromkeys(health.KEYS, 1.0)
     assert int(kept.step) == 1, "the step counter moves on; the update does not"
     for a, b in zip(

@@ -5,6 +5,7 @@ trainer runs it every ``eval.every`` steps on the current policy (no recompilati
 from __future__ import annotations
 
 import dataclasses
+import math
 from collections.abc import Sequence
 from typing import Any
 
@@ -31,7 +32,6 @@ from pairuni_jax.evaluation.understanding import (
 from pairuni_jax.models.janus import JanusConfig
 from pairuni_jax.rewards.accuracy import OptionLetterTable
 from pairuni_jax.rollout.image import ImageSettings
-from pairuni_jax.rollout.sampling import SamplingRule
 from pairuni_jax.rollout.text import TextSettings
 
 
@@ -59,7 +59,8 @@ class EvalSettings:
         for name in ("max_new_tokens", "batch_size", "images_per_prompt"):
             if getattr(self, name) < 1:
                 raise ValueError(f"{name} must be >= 1, got {getattr(self, name)}")
-        SamplingRule(temperature=self.temperature)  # validates it before any model loads
+        if not 0 < self.temperature < math.inf:  # checked before any model loads
+            raise ValueError(f"temperature must be finite and > 0, got {self.temperature}")
 
     @property
     def prompts_per_batch(self) -> int:

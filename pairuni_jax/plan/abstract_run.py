@@ -35,10 +35,12 @@ from pairuni_jax.run_config import RunConfig
 
 
 def device_bytes(tree: Any) -> int:
-    """Bytes one device holds of a tree of sharded ``ShapeDtypeStruct`` (the largest shard)."""
+    """Bytes one device holds of a tree of sharded ``ShapeDtypeStruct`` (the largest shard);
+    host values (the step's flags) are replicated: each device holds all of them."""
     total = 0
     for leaf in jax.tree.leaves(tree):
-        shard = leaf.sharding.shard_shape(leaf.shape)
+        sharding_ = getattr(leaf, "sharding", None)
+        shard = leaf.shape if sharding_ is None else sharding_.shard_shape(leaf.shape)
         total += math.prod(shard) * leaf.dtype.itemsize
     return total
 
@@ -180,7 +182,7 @@ class AbstractRun:
             "reference parameters": s.ref_params,
             "optimizer state": (s.opt_state, s.step),
             "reward model (HPS, letter table)": self.step_fn.reward_state,
-            "batch and PRNG key": (self.batch, self.rng),
+            "batch, PRNG key and flags": (self.batch, self.rng, self.step_fn.skip_nonfinite),
         }
         group_of = {
             id(leaf): name for name, tree in groups.items() for leaf in jax.tree.leaves(tree)
@@ -194,7 +196,7 @@ class AbstractRun:
 
     def args(self) -> tuple:
         """The step's arguments, in the order the compiled program takes them."""
-        return (self.state, self.batch, self.rng, self.step_fn.reward_state)
+        return self.step_fn.arguments(self.state, self.batch, self.rng)
 
     def lower(self) -> jax.stages.Lowered:
         return self.step_fn.lower(self.state, self.batch, self.rng)

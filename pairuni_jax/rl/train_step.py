@@ -24,6 +24,7 @@ from typing import Any
 import flax.struct
 import jax
 import jax.numpy as jnp
+import numpy as np
 import optax
 from flax import nnx
 
@@ -219,7 +220,7 @@ class TrainStep:
         self.reward_state = reward_state
         self.learning_rate = learning_rate
         # health.NanPolicy.SKIP_STEP, an argument (not a constant): one program for both policies
-        self.skip_nonfinite = skip_nonfinite
+        self.skip_nonfinite = np.bool_(skip_nonfinite)
         self.decode_layout = decode_layout  # resolved (never AUTO): rollout.layout.resolve
         self.jitted = jax.jit(self._step, donate_argnums=(0,))
 
@@ -228,13 +229,15 @@ class TrainStep:
     ) -> tuple[TrainState, dict[str, Array], StepSamples]:
         """One step: the new state, the step's metrics and the rollouts of the batch's first
         pair (``StepSamples``; on the device until a caller reads them)."""
-        return self.jitted(state, batch, rng, self.reward_state, jnp.bool_(self.skip_nonfinite))
+        return self.jitted(*self.arguments(state, batch, rng))
 
     def lower(self, state, batch, rng):
         """Ahead-of-time lowering (for ``compiled.memory_analysis()`` and cost analysis)."""
-        return self.jitted.lower(
-            state, batch, rng, self.reward_state, jnp.bool_(self.skip_nonfinite)
-        )
+        return self.jitted.lower(*self.arguments(state, batch, rng))
+
+    def arguments(self, state: TrainState, batch: Batch, rng: Array) -> tuple:
+        """Everything the compiled program takes, in its order."""
+        return state, batch, rng, self.reward_state, self.skip_nonfinite
 
     # -- the program ---------------------------------------------------------------------------
 

@@ -20,9 +20,9 @@ import jax
 import numpy as np
 
 from pairuni_jax.checkpoint import convert, hf_reader, hpsv2, model_dir
-from pairuni_jax.commands.model_loading import DTYPES
 from pairuni_jax.data.images import load_and_preprocess, load_image
 from pairuni_jax.data.prompts import PromptEncoder, load_tokenizer
+from pairuni_jax.dtypes import DType
 from pairuni_jax.models.clip import CLIPConfig
 from pairuni_jax.models.janus import JanusConfig
 from pairuni_jax.verify import hps_checks, janus_checks, janus_jax
@@ -77,8 +77,8 @@ class VerifyOptions:
     log: bool = True
 
     def __post_init__(self):
-        if self.dtype not in DTYPES:
-            raise VerifyError(f"--dtype {self.dtype!r}: expected one of {sorted(DTYPES)}")
+        if self.dtype not in {d.value for d in DType}:
+            raise VerifyError(f"--dtype {self.dtype!r}: expected one of {[d.value for d in DType]}")
         if self.reference_device not in REFERENCE_DEVICES:
             raise VerifyError(f"--reference-device {self.reference_device!r}: expected cpu or cuda")
         if self.max_new_tokens < 1:
@@ -223,7 +223,7 @@ def _verify_janus(
     perturbed = None
     with _precision(options.dtype):
         with meter.stage(f"JAX: load ({options.dtype})", device="jax"):
-            model = convert.load_model(janus_dir, dtype=DTYPES[options.dtype])
+            model = convert.load_model(janus_dir, dtype=DType(options.dtype).dtype)
             if options.perturb_converted is not None:
                 key = janus_jax.perturb_(model, options.perturb_converted)
                 perturbed = f"{key} (+ {options.perturb_converted:g} × N(0, 1))"
@@ -254,7 +254,8 @@ def _verify_janus(
 
 def _convert_hps(options: VerifyOptions, destination: Path) -> Path:
     try:
-        return hpsv2.convert_hpsv2(options.hps, destination, options.hps_config)
+        directory, _ = hpsv2.convert_hpsv2(options.hps, destination, options.hps_config)
+        return directory
     except (hpsv2.CheckpointMismatchError, FileNotFoundError) as e:
         raise VerifyError(f"--hps {options.hps}: {e}") from e
 
@@ -285,7 +286,7 @@ def _verify_hps(
         want = hps_reference.reference_scores(reference, images, want_ids[: len(cases)])
         del reference
         gc.collect()
-    dtype = DTYPES[options.dtype]
+    dtype = DType(options.dtype).dtype
     with _precision(options.dtype), meter.stage("JAX: HPS load and score", device="jax"):
         reward = load_reward_model(hps_dir, dtype=dtype, param_dtype=dtype)
         tokenizer = clip_text.load_clip_tokenizer(hps_dir)
