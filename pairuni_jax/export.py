@@ -2,7 +2,10 @@
 
 A train checkpoint holds the trainable parameters (and optimizer state); the frozen ones come from
 the run's model source, exactly as on resume. ``export_run`` merges the two and writes them with
-``checkpoint.convert.orbax_to_hf`` in the transformers or DeepSeek layout.
+``checkpoint.convert.orbax_to_hf`` in the transformers or DeepSeek layout. A LoRA run
+(``model.lora``) holds only adapters: they are merged into the base weights
+(W + alpha / rank · A @ B, in fp32), or, with ``adapters_only``, written alone in PEFT's layout
+(``checkpoint/lora_adapters.py``).
 """
 
 from __future__ import annotations
@@ -14,7 +17,9 @@ import numpy as np
 import orbax.checkpoint as ocp
 from flax import nnx
 
-from pairuni_jax.checkpoint import convert, model_dir
+from pairuni_jax.checkpoint import convert, lora_adapters, model_dir
+from pairuni_jax.dtypes import DType
+from pairuni_jax.models import lora
 from pairuni_jax.rl import optimizer as opt_lib
 from pairuni_jax.rl.train_step import init_train_state
 from pairuni_jax.run_config import load_run_config
@@ -30,8 +35,10 @@ def export_run(
     format: str = convert.TRANSFORMERS,
     dtype: str | None = None,
     overwrite: bool = False,
+    adapters_only: bool = False,
 ) -> Path:
-    """Writes the policy of ``run_dir`` at ``step`` (default: the latest checkpoint) to ``dst``."""
+    """Writes the policy of ``run_dir`` at ``step`` (default: the latest checkpoint) to ``dst``;
+    ``adapters_only``: just the LoRA adapters of a LoRA run (transformers names, PEFT layout)."""
     import jax
 
     run_dir = Path(run_dir).absolute()
@@ -45,12 +52,35 @@ def export_run(
         raise ValueError(f"{run_dir / 'checkpoints'} has no step {step}; it has {sorted(steps)}")
 
     mesh = make_mesh(MeshConfig(1, 1, 1), jax.devices()[:1])
+    lora_config = config.model.lora
+    if adapters_only and lora_config is None:
+        raise ValueError(
+            f"{run_dir} trained the whole policy (its config has no model.lora): there are no "
+            "adapters to write; export without --adapters-only"
+        )
+    if adapters_only and format != convert.TRANSFORMERS:
+        raise ValueError("adapters are written with transformers module names (PEFT's layout)")
     policy, tokenizer_dir = load_policy(config.model, mesh, run_dir)
+    if lora_config is not None:
+        policy = lora.add_adapters(policy, lora_config, mesh)
     optimizer = opt_lib.make_optimizer(config.optimizer)
     graphdef, state = init_train_state(policy, config.grpo, optimizer)
     state, _ = restore_checkpoint(manager, step, state)
     model = nnx.merge(graphdef, state.params, state.frozen)
-    params = jax.tree.map(np.asarray, nnx.to_pure_dict(nnx.state(model, nnx.Param)))
+    if adapters_only:
+        adapters = jax.tree.map(np.asarray, lora.adapter_matrices(model))
+        return lora_adapters.save_adapters(
+            dst,
+            adapters,
+            lora_config,
+            base=config.model.path,
+            dtype=DType.parse(dtype or DType.FP32).dtype,
+            overwrite=overwrite,
+        )
+    if lora_config is not None:
+        params = jax.tree.map(np.asarray, lora.merged_params(model, lora_config))
+    else:
+        params = jax.tree.map(np.asarray, nnx.to_pure_dict(nnx.state(model, nnx.Param)))
     stored = np.dtype(jax.tree.leaves(params)[0].dtype).name
     meta = {
         "kind": convert.KIND,
