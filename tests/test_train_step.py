@@ -16,6 +16,7 @@ from pairuni_jax.rewards.accuracy import OptionLetterTable
 from pairuni_jax.rewards.registry import RewardWeights
 from pairuni_jax.rl import advantages as adv_lib
 from pairuni_jax.rl import rewards as rl_rewards
+from pairuni_jax.rl.rollout_data import GenerationRollouts, UnderstandingRollouts
 from tests import train_fixtures as fx
 
 
@@ -128,35 +129,38 @@ def _fixed_rollouts(step, state, batch, seed=0, offset=0.05):
     c = step.config
     ku, kg = c.rollout.num_und_rollouts, c.rollout.num_gen_rollouts
     rep = lambda x, k: jnp.repeat(jnp.asarray(x), k, axis=0)  # noqa: E731
-    und = {
-        "prompt_ids": rep(batch["und_input_ids"], ku),
-        "prompt_mask": rep(batch["und_attention_mask"], ku),
-        "pixel_values": rep(batch["und_pixel_values"], ku),
-    }
-    rows_u = und["prompt_ids"].shape[0]
-    und["completion"] = jnp.asarray(
-        rng.integers(6, fx.CONFIG.text.vocab_size, (rows_u, 6)), jnp.int32
+    rows_u, rows_g = batch["und_input_ids"].shape[0] * ku, batch["gen_input_ids"].shape[0] * kg
+    und_mask = jnp.asarray(np.arange(6)[None] < rng.integers(2, 7, (rows_u, 1)))
+    und = UnderstandingRollouts(
+        prompt_ids=rep(batch["und_input_ids"], ku),
+        prompt_mask=rep(batch["und_attention_mask"], ku),
+        pixel_values=rep(batch["und_pixel_values"], ku),
+        completion=jnp.asarray(rng.integers(6, fx.CONFIG.text.vocab_size, (rows_u, 6)), jnp.int32),
+        mask=und_mask,
+        old_logp=jnp.zeros(und_mask.shape),
+        advantages=jnp.asarray(rng.normal(size=rows_u), jnp.float32),
+        ref_logp=None,
     )
-    und["mask"] = jnp.asarray(np.arange(6)[None] < rng.integers(2, 7, (rows_u, 1)))
-    gen = {
-        "prompt_ids": rep(batch["gen_input_ids"], kg),
-        "prompt_mask": rep(batch["gen_attention_mask"], kg),
-    }
-    rows_g = gen["prompt_ids"].shape[0]
-    gen["tokens"] = jnp.asarray(
-        rng.integers(0, fx.CONFIG.vq.num_embeddings, (rows_g, fx.CONFIG.vq.num_tokens)), jnp.int32
+    image_shape = (rows_g, fx.CONFIG.vq.num_tokens)
+    gen = GenerationRollouts(
+        prompt_ids=rep(batch["gen_input_ids"], kg),
+        prompt_mask=rep(batch["gen_attention_mask"], kg),
+        completion=jnp.asarray(
+            rng.integers(0, fx.CONFIG.vq.num_embeddings, image_shape), jnp.int32
+        ),
+        mask=jnp.ones(image_shape, bool),
+        old_logp=jnp.zeros(image_shape),
+        advantages=jnp.asarray(rng.normal(size=rows_g), jnp.float32),
+        ref_logp=None,
     )
-    gen["mask"] = jnp.ones(gen["tokens"].shape, bool)
     model = step._model(state.params, state.frozen)
-    und["old_logp"] = step._answer_logprobs(model, und)[0] + offset * rng.normal(
-        size=und["mask"].shape
+    und = und.replace(
+        old_logp=step._answer_logprobs(model, und)[0] + offset * rng.normal(size=und.mask.shape)
     )
-    gen["old_logp"] = step._image_logprobs(model, gen)[0] + offset * rng.normal(
-        size=gen["mask"].shape
+    gen = gen.replace(
+        old_logp=step._image_logprobs(model, gen)[0] + offset * rng.normal(size=gen.mask.shape)
     )
-    und["advantages"] = jnp.asarray(rng.normal(size=rows_u), jnp.float32)
-    gen["advantages"] = jnp.asarray(rng.normal(size=rows_g), jnp.float32)
-    dens = (und["mask"].sum().astype(jnp.float32), gen["mask"].sum().astype(jnp.float32))
+    dens = (und.mask.sum().astype(jnp.float32), gen.mask.sum().astype(jnp.float32))
     return und, gen, dens
 
 
@@ -211,9 +215,9 @@ def test_grpo_similarity_weight_scales_pair_gradient(tiny_step):
     rewards = jnp.array([[1.0, 0.0]])
     grads = []
     for w in weights:
-        und_w = dict(und, advantages=adv_lib.weighted_advantages(rewards, w[None]).reshape(-1))
-        gen_w = dict(
-            gen, advantages=adv_lib.weighted_advantages(rewards[:, ::-1], w[None]).reshape(-1)
+        und_w = und.replace(advantages=adv_lib.weighted_advantages(rewards, w[None]).reshape(-1))
+        gen_w = gen.replace(
+            advantages=adv_lib.weighted_advantages(rewards[:, ::-1], w[None]).reshape(-1)
         )
         grads.append(_loss_and_grad(step, state, und_w, gen_w, dens)(state.params)[1])
     ratios = [

@@ -88,15 +88,25 @@ def read_config(directory: str | Path) -> dict[str, Any]:
         raise NotAModelDirError(f"{config_path}: invalid JSON ({e})") from e
 
 
-def restore_params(directory: str | Path, target: Any) -> Any:
+def restore_params(directory: str | Path, target: Any, *, partial: bool = False) -> Any:
     """Restores params into the structure, dtypes and shardings of ``target``.
 
     ``target`` is a pytree of ``jax.ShapeDtypeStruct`` with ``sharding`` set (for example from
     ``nnx.eval_shape`` plus ``sharding.state_shardings``): each host reads only the slices its
-    devices hold, and nothing is materialised unsharded.
+    devices hold, and nothing is materialised unsharded. ``partial``: ``target`` may name a
+    subset of the stored params (one tower of a model); only those are read.
     """
-    with ocp.StandardCheckpointer() as checkpointer:
-        return checkpointer.restore(Path(directory).absolute() / PARAMS_SUBDIR, target)
+    path = Path(directory).absolute() / PARAMS_SUBDIR
+    if not partial:
+        with ocp.StandardCheckpointer() as checkpointer:
+            return checkpointer.restore(path, target)
+    args = ocp.args.PyTreeRestore(
+        item=target,
+        restore_args=ocp.checkpoint_utils.construct_restore_args(target),
+        partial_restore=True,
+    )
+    with ocp.Checkpointer(ocp.PyTreeCheckpointHandler()) as checkpointer:
+        return checkpointer.restore(path, args=args)
 
 
 def restore_module(directory: str | Path, abstract: nnx.Module, mesh: Mesh | None = None) -> Any:

@@ -58,6 +58,17 @@ def hps_score(
     return jnp.sum(image * text, axis=-1)
 
 
+def read_reward_config(directory: str | Path) -> CLIPConfig:
+    """The CLIPConfig of a reward directory written by ``pairuni convert hpsv2``."""
+    meta = model_dir.read_config(directory)
+    if meta.get("kind") != REWARD_KIND:
+        raise model_dir.NotAModelDirError(
+            f"{directory}/{model_dir.CONFIG_FILE}: kind is {meta.get('kind')!r}, "
+            f"expected {REWARD_KIND!r} (write it with `pairuni convert hpsv2`)"
+        )
+    return CLIPConfig.from_dict(meta["clip"])
+
+
 def load_reward_model(
     directory: str | Path,
     mesh: Mesh | None = None,
@@ -73,13 +84,7 @@ def load_reward_model(
     dtype: compute dtype (bf16 on accelerators); param_dtype: stored params are fp32 and are
       cast on restore.
     """
-    meta = model_dir.read_config(directory)
-    if meta.get("kind") != REWARD_KIND:
-        raise model_dir.NotAModelDirError(
-            f"{directory}/{model_dir.CONFIG_FILE}: kind is {meta.get('kind')!r}, "
-            f"expected {REWARD_KIND!r} (write it with `pairuni convert hpsv2`)"
-        )
-    config = CLIPConfig.from_dict(meta["clip"])
+    config = read_reward_config(directory)
     abstract = nnx.eval_shape(
         lambda: CLIP(config, dtype=dtype, param_dtype=param_dtype, remat=remat, rngs=nnx.Rngs(0))
     )
