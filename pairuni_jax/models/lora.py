@@ -27,6 +27,7 @@ from __future__ import annotations
 
 import dataclasses
 import enum
+import functools
 import re
 from typing import Any
 
@@ -233,9 +234,12 @@ def _adapt_entry(
         def create(layer, x):
             layer(x, rope, rope, mask, None, None)
 
-        create(adapted, x)
     else:
-        adapted(x)
+
+        def create(head, x):
+            head(x)
+
+    nnx.jit(create)(adapted, x)  # one program, not one per op (seconds, not a minute, eagerly)
     adapted.set_attributes(qwix_rngs=None, disable_quant_stats_update=False)
     setattr(parent, entry[-1], adapted)
 
@@ -259,10 +263,15 @@ def _name_rank_axes(model: Janus) -> None:
 def _store_base(model: Janus, dtype: np.dtype) -> None:
     """Every floating base parameter (not an adapter, not a quantised value) → ``dtype``."""
     base = nnx.state(model, nnx.All(nnx.Param, nnx.Not(nnx.LoRAParam)))
-    cast = jax.tree.map(
-        lambda x: x.astype(dtype) if jnp.issubdtype(x.dtype, jnp.floating) else x, base
-    )
-    nnx.update(model, cast)
+    keep = jax.tree.map(lambda x: x.sharding, base)
+
+    @functools.partial(jax.jit, out_shardings=keep)  # one program, not one per leaf
+    def cast(state):
+        return jax.tree.map(
+            lambda x: x.astype(dtype) if jnp.issubdtype(x.dtype, jnp.floating) else x, state
+        )
+
+    nnx.update(model, cast(base))
 
 
 # -- using and reading an adapted model ----------------------------------------------------------
