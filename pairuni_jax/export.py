@@ -43,6 +43,14 @@ def export_run(
 
     run_dir = Path(run_dir).absolute()
     config = load_run_config([run_dir / "config.yaml"])
+    lora_config = config.model.lora
+    if adapters_only and lora_config is None:
+        raise ValueError(
+            f"{run_dir} trained the whole policy (its config has no model.lora): there are no "
+            "adapters to write; export without --adapters-only"
+        )
+    if adapters_only and format != convert.TRANSFORMERS:
+        raise ValueError("adapters are written with transformers module names (PEFT's layout)")
     manager = ocp.CheckpointManager(run_dir / "checkpoints")
     steps = manager.all_steps()
     if not steps:
@@ -52,14 +60,6 @@ def export_run(
         raise ValueError(f"{run_dir / 'checkpoints'} has no step {step}; it has {sorted(steps)}")
 
     mesh = make_mesh(MeshConfig(1, 1, 1), jax.devices()[:1])
-    lora_config = config.model.lora
-    if adapters_only and lora_config is None:
-        raise ValueError(
-            f"{run_dir} trained the whole policy (its config has no model.lora): there are no "
-            "adapters to write; export without --adapters-only"
-        )
-    if adapters_only and format != convert.TRANSFORMERS:
-        raise ValueError("adapters are written with transformers module names (PEFT's layout)")
     policy, tokenizer_dir = load_policy(config.model, mesh, run_dir)
     if lora_config is not None:
         policy = lora.add_adapters(policy, lora_config, mesh)
