@@ -184,7 +184,8 @@ def add_adapters(model: Janus, config: LoraConfig, mesh: jax.sharding.Mesh | Non
     """``model`` with adapters on ``config.targets``; the base stored in ``config.base_dtype``.
 
     The adapters take the dtype of the base at this point (the model's ``param_dtype``) and are
-    sharded on ``mesh`` by their logical axes (the kernel's, with ``lora_rank`` for R).
+    sharded on ``mesh`` by their logical axes (the kernel's, with ``lora_rank`` for R; no mesh:
+    on the first device).
     The model is changed in place and returned.
     """
     targets = find_targets(model, config)
@@ -195,9 +196,11 @@ def add_adapters(model: Janus, config: LoraConfig, mesh: jax.sharding.Mesh | Non
             _adapt_entry(model, entry, relative, config, rngs)
     _name_rank_axes(model)
     _store_base(model, config.base_dtype.float_dtype)
-    if mesh is not None:
-        lora_state = nnx.state(model, nnx.LoRAParam)
-        nnx.update(model, jax.device_put(lora_state, sharding.state_shardings(lora_state, mesh)))
+    # Committed placement: a jitted step's outputs are committed, so uncommitted adapters would
+    # make the step's second call compile the whole program again.
+    lora_state = nnx.state(model, nnx.LoRAParam)
+    placement = jax.devices()[0] if mesh is None else sharding.state_shardings(lora_state, mesh)
+    nnx.update(model, jax.device_put(lora_state, placement))
     return model
 
 
