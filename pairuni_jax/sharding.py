@@ -23,8 +23,10 @@ Logical names used across the project:
 
 from __future__ import annotations
 
+import contextlib
+import contextvars
 import dataclasses
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from typing import Any
 
 import flax.linen as nn
@@ -98,9 +100,25 @@ def axes(*names: str | None) -> dict[str, Any]:
     return {"out_sharding": tuple(names), "eager_sharding": False}
 
 
+# The rules ``constrain`` maps activations with: the training rules, or a rollout's decode
+# layout inside ``activation_rules`` (``rollout.layout``).
+_ACTIVATION_RULES = contextvars.ContextVar("activation_rules", default=LOGICAL_AXIS_RULES)
+
+
 def logical_to_spec(names: Sequence[str | None]) -> PartitionSpec:
-    """Maps logical axis names to a mesh ``PartitionSpec`` with ``LOGICAL_AXIS_RULES``."""
-    return nn.logical_to_mesh_axes(tuple(names), LOGICAL_AXIS_RULES)
+    """Maps logical axis names to a mesh ``PartitionSpec`` with the active rules
+    (``LOGICAL_AXIS_RULES`` unless inside ``activation_rules``)."""
+    return nn.logical_to_mesh_axes(tuple(names), _ACTIVATION_RULES.get())
+
+
+@contextlib.contextmanager
+def activation_rules(rules: tuple[tuple[str, Any], ...]) -> Iterator[None]:
+    """While tracing inside this block, ``constrain`` maps logical names with ``rules``."""
+    token = _ACTIVATION_RULES.set(rules)
+    try:
+        yield
+    finally:
+        _ACTIVATION_RULES.reset(token)
 
 
 def state_shardings(state: nnx.State, mesh: Mesh) -> nnx.State:

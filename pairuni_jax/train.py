@@ -13,27 +13,28 @@ from __future__ import annotations
 
 import dataclasses
 import os
-import signal
 import sys
 import time
 from pathlib import Path
 from typing import Any
 
 import jax
-import jax.numpy as jnp
 import numpy as np
 import optax
 import orbax.checkpoint as ocp
-import yaml
 from flax import nnx
 from tqdm import tqdm
 
 from pairuni_jax import config as config_lib
 from pairuni_jax import flops, sharding
+from pairuni_jax import run_dir as run_dir_lib
 from pairuni_jax.checkpoint import convert as janus_convert
 from pairuni_jax.checkpoint import model_dir
+from pairuni_jax.checkpoint import train_checkpoints as checkpoints_lib
+from pairuni_jax.checkpoint.train_checkpoints import restore_checkpoint, save_checkpoint
 from pairuni_jax.data.pipeline import PairPipeline
 from pairuni_jax.data.prompts import SpecialIds, load_tokenizer
+from pairuni_jax.evaluation.in_training import TrainingEval
 from pairuni_jax.logging.metrics import MetricsWriter, format_line
 from pairuni_jax.logging.samples import save_answers, save_image_grid
 from pairuni_jax.models import lora
@@ -43,13 +44,17 @@ from pairuni_jax.models.random_init import random_module
 from pairuni_jax.rewards.accuracy import OptionLetterTable
 from pairuni_jax.rewards.hps import load_reward_model
 from pairuni_jax.rewards.registry import RewardWeights
+from pairuni_jax.rl import health
 from pairuni_jax.rl import optimizer as opt_lib
 from pairuni_jax.rl import rewards as rl_rewards
 from pairuni_jax.rl.rollout_data import StepSamples
 from pairuni_jax.rl.train_step import TrainState, TrainStep, init_train_state
+from pairuni_jax.rollout import layout as rollout_layout
+from pairuni_jax.rollout import limits
 from pairuni_jax.rollout.image import ImageSettings
 from pairuni_jax.rollout.text import TextSettings
 from pairuni_jax.run_config import ASSETS, ModelSection, RewardSection, RunConfig
+from pairuni_jax.stop_signals import StopSignals
 
 TINY_TOKENIZER = ASSETS / "tiny_tokenizer"
 CLIP_TOKENIZER = ASSETS / "clip_tokenizer"
@@ -91,7 +96,7 @@ def load_policy(
         model_dir.read_config(source)
         directory = source
     except model_dir.NotAModelDirError:  # a Hugging Face checkpoint: convert it once
-        directory = run_dir / "model"
+        directory = run_dir / run_dir_lib.MODEL_DIR
         if not directory.exists():
             print(f"converting {source} to {directory}", file=sys.stderr)
             janus_convert.hf_to_orbax(source, directory)
@@ -163,16 +168,35 @@ class Run:
     step_flops: flops.StepFlops
     step_tokens: dict[str, int]
     peak_flops: float | None  # per chip, for MFU
+    lock: run_dir_lib.RunLock | None  # held by the lead host until the run ends
+    evaluator: TrainingEval | None = None  # the run config's ``eval`` section
 
 
-def setup(config: RunConfig) -> Run:
+def setup(config: RunConfig, allowed_changes: tuple[str, ...] = ()) -> Run:
+    """Everything a run needs. ``allowed_changes``: config fields (or sections) a resume may
+    change (``--allow-config-change``; see ``config_changes``)."""
     maybe_initialize_distributed(config)
     run_dir = Path(config.run_dir).absolute()
-    if is_lead():
-        run_dir.mkdir(parents=True, exist_ok=True)
-        (run_dir / "config.yaml").write_text(
-            yaml.safe_dump(config_lib.to_dict(config), sort_keys=False)
-        )
+    lock = run_dir_lib.start_on_lead(
+        run_dir, config_lib.to_dict(config), allowed_changes, _normalized_config
+    )
+    try:
+        return _build(config, run_dir, lock)
+    except BaseException:
+        if lock is not None:
+            lock.release()
+        raise
+
+
+def _normalized_config(saved: dict[str, Any]) -> dict[str, Any]:
+    """A saved config with today's defaults for fields it predates (as the run used them)."""
+    try:
+        return config_lib.to_dict(config_lib.build(RunConfig, saved))
+    except config_lib.ConfigError:  # written by an incompatible version: compare as saved
+        return saved
+
+
+def _build(config: RunConfig, run_dir: Path, lock: run_dir_lib.RunLock | None) -> Run:
     mesh = sharding.make_mesh(config.mesh)
 
     policy, tokenizer_dir = load_policy(config.model, mesh, run_dir)
@@ -188,7 +212,8 @@ def setup(config: RunConfig) -> Run:
         vocab_size=policy.config.text.vocab_size,
     )
 
-    data_config = _data_for_model(config, policy.config)
+    data_config = data_for_model(config, policy.config)
+    check_positions(config, policy.config)
     pipeline = PairPipeline(data_config, tokenizer, clip_tokenizer_dir)
     global_pairs = data_config.pairs_per_host * jax.process_count()
     check_rollout_rows(config, mesh, global_pairs)
@@ -198,24 +223,44 @@ def setup(config: RunConfig) -> Run:
     graphdef, state = init_train_state(policy, config.grpo, optimizer)
     state = jax.device_put(state, sharding.tree_shardings(state, mesh))
     hps_graphdef, reward_state = rl_rewards.reward_state(hps, letters)
-    step_fn = make_train_step(config, graphdef, optimizer, hps_graphdef, reward_state, ids)
-    shapes = flops.StepShapes.from_run_config(config, global_pairs)
     chip = flops.chip_for_device_kind(jax.devices()[0].device_kind)
+    layout = decode_layout(config, policy.config, mesh, global_pairs, chip)
+    step_fn = make_train_step(config, graphdef, optimizer, hps_graphdef, reward_state, ids, layout)
+    shapes = flops.StepShapes.from_run_config(config, global_pairs)
     peak = config.logging.peak_tflops * 1e12 if config.logging.peak_tflops else None
     peak = peak or (chip.peak_flops if chip else None)
 
-    checkpoints = ocp.CheckpointManager(
-        run_dir / "checkpoints",
-        options=ocp.CheckpointManagerOptions(
-            max_to_keep=config.checkpoint.keep,
-            enable_async_checkpointing=config.checkpoint.async_save,
-        ),
+    def checkpoint_manager() -> ocp.CheckpointManager:
+        return ocp.CheckpointManager(
+            run_dir / run_dir_lib.CHECKPOINTS_DIR,
+            options=ocp.CheckpointManagerOptions(
+                max_to_keep=config.checkpoint.keep,
+                enable_async_checkpointing=config.checkpoint.async_save,
+            ),
+        )
+
+    checkpoints, latest, restored = checkpoints_lib.restore_newest_intact(
+        checkpoint_manager,
+        lambda manager, step: restore_checkpoint(manager, step, state),
+        config.checkpoint.on_corrupt,
+        run_dir / checkpoints_lib.CORRUPT_DIR,
+    )
+    evaluator = TrainingEval.from_run(
+        config,
+        mesh=mesh,
+        graphdef=graphdef,
+        model_config=policy.config,
+        tokenizer=tokenizer,
+        letters=letters,
+        hps_graphdef=hps_graphdef,
+        hps_params=reward_state["hps"],
+        hps_tokenize=pipeline.encoder.hps_tokenize,
+        verbose=is_lead(),
     )
     data_iter = pipeline.iterator()
     start_step = 0
-    latest = checkpoints.latest_step()
     if latest is not None:
-        state, data_state = restore_checkpoint(checkpoints, latest, state)
+        state, data_state = restored
         data_iter.set_state(data_state)
         start_step = latest
         if is_lead():
@@ -235,6 +280,8 @@ def setup(config: RunConfig) -> Run:
         flops.step_flops(shapes, policy.config, hps.config),
         flops.step_tokens(shapes, policy.config),
         peak,
+        lock,
+        evaluator,
     )
 
 
@@ -245,6 +292,7 @@ def make_train_step(
     hps_graphdef: nnx.GraphDef,
     reward_state: Any,
     ids: SpecialIds,
+    layout: rollout_layout.DecodeLayout,
 ) -> TrainStep:
     """The Pair-GRPO step of ``config`` for a policy ``graphdef`` (from ``init_train_state``).
 
@@ -277,10 +325,48 @@ def make_train_step(
         rl_rewards.generation_reward_fn(weights, hps_graphdef),
         reward_state,
         learning_rate=opt_lib.learning_rate_schedule(config.optimizer),
+        skip_nonfinite=config.nan_policy is health.NanPolicy.SKIP_STEP,
+        decode_layout=layout,
     )
 
 
-def _data_for_model(config: RunConfig, model_config: JanusConfig):
+def check_positions(config: RunConfig, model_config: JanusConfig) -> None:
+    """The padded prompts plus their rollouts must fit the model's positions."""
+    data, rollout = config.data, config.grpo.rollout
+    limits.check_positions(
+        model_config,
+        data.max_und_len,
+        rollout.max_new_tokens,
+        "data.max_und_len + grpo.rollout.max_new_tokens",
+    )
+    limits.check_positions(
+        model_config,
+        data.max_gen_len,
+        model_config.num_generated_image_tokens,
+        "data.max_gen_len + the generated image tokens",
+    )
+
+
+def decode_layout(
+    config: RunConfig,
+    model_config: JanusConfig,
+    mesh: jax.sharding.Mesh,
+    global_pairs: int,
+    chip: flops.Chip | None,
+) -> rollout_layout.DecodeLayout:
+    """``grpo.rollout.layout`` resolved for this mesh and chip (``auto``: from the chip's HBM),
+    checked against the rollout rows."""
+    r = config.grpo.rollout
+    rows = {
+        "answer rows": global_pairs * r.num_und_rollouts,
+        "image rows": global_pairs * r.num_gen_rollouts,
+    }
+    hbm = chip.hbm_bytes if chip else None
+    dtype = config.model.dtype.dtype
+    return rollout_layout.resolve(r.layout, model_config, dict(mesh.shape), dtype, hbm, rows)
+
+
+def data_for_model(config: RunConfig, model_config: JanusConfig):
     """The data config, checked against the image size and token count the model needs."""
     wanted = {
         "image_size": model_config.vision.image_size,
@@ -294,74 +380,29 @@ def _data_for_model(config: RunConfig, model_config: JanusConfig):
     return dataclasses.replace(config.data, path=str(Path(config.data.path).expanduser()))
 
 
-# -- checkpoints ---------------------------------------------------------------------------------
-
-
-def _saved_state(state: TrainState) -> dict[str, Any]:
-    """What a train checkpoint holds: the trainable params, the optimizer state and the step
-    (frozen params come back from the model source, the reference copy from the params)."""
-    return {"step": state.step, "params": state.params, "opt_state": state.opt_state}
-
-
-def save_checkpoint(
-    manager: ocp.CheckpointManager, step: int, state: TrainState, data_state: Any
-) -> None:
-    manager.save(
-        step,
-        args=ocp.args.Composite(
-            state=ocp.args.StandardSave(_saved_state(state)),
-            data=ocp.args.JsonSave(data_state),
-        ),
-    )
-
-
-def restore_checkpoint(
-    manager: ocp.CheckpointManager, step: int, state: TrainState
-) -> tuple[TrainState, Any]:
-    target = jax.tree.map(
-        lambda x: jax.ShapeDtypeStruct(x.shape, x.dtype, sharding=x.sharding), _saved_state(state)
-    )
-    restored = manager.restore(
-        step,
-        args=ocp.args.Composite(
-            state=ocp.args.StandardRestore(target), data=ocp.args.JsonRestore()
-        ),
-    )
-    saved = restored["state"]
-    ref = state.ref_params
-    if ref is not None:  # the KL reference is the initial policy, not the resumed one
-        ref = jax.tree.map(jnp.copy, state.ref_params)
-    return (
-        state.replace(
-            step=saved["step"], params=saved["params"], opt_state=saved["opt_state"], ref_params=ref
-        ),
-        restored["data"],
-    )
-
-
 # -- the loop ------------------------------------------------------------------------------------
 
 
 class Trainer:
-    def __init__(self, config: RunConfig):
-        self.run = setup(config)
-        self.stop_requested = False
+    """``Trainer(config).run_steps()``; ``stop.received`` says whether a signal stopped it."""
 
-    def _request_stop(self, signum, frame) -> None:
-        self.stop_requested = True
+    def __init__(self, config: RunConfig, allowed_changes: tuple[str, ...] = ()):
+        self.run = setup(config, allowed_changes)
+        self.stop = StopSignals()
+        self.skipped_steps = 0  # nan_policy: skip_step
 
     def run_steps(self) -> list[dict[str, float]]:
-        """Runs to ``config.steps`` (or until SIGTERM); returns the logged metrics."""
+        """Runs to ``config.steps`` (or until SIGTERM / SIGINT, after saving); returns the logged
+        metrics. Raises ``health.NonFiniteError`` under ``nan_policy: stop``."""
         run, config = self.run, self.run.config
-        writer = MetricsWriter(
+        writer = MetricsWriter(  # each step once: rows after the restored step are dropped
             run.run_dir,
             is_lead=is_lead(),
             tensorboard=config.logging.tensorboard,
-            start_step=run.start_step + 1 if run.start_step else None,
+            start_step=run.start_step + 1,
             wandb=config.logging.wandb,
             config=config_lib.to_dict(config),
         )
-        previous = signal.signal(signal.SIGTERM, self._request_stop)
         rng = jax.random.key(config.seed)
         history: list[dict[str, float]] = []
         state, step = run.state, run.start_step
@@ -369,36 +410,28 @@ class Trainer:
             total=config.steps, initial=step, desc="train", unit="step", disable=not is_lead()
         )
         try:
-            with jax.set_mesh(run.mesh):
-                while step < config.steps and not self.stop_requested:
+            with jax.set_mesh(run.mesh), self.stop:
+                while step < config.steps and not self.stop.received:
                     batch = self._next_batch()
                     start = time.perf_counter()
                     state, metrics, samples = run.step_fn(state, batch, rng)
                     step += 1
-                    if step % config.logging.every == 0 or step == config.steps:
-                        values = {k: float(v) for k, v in jax.device_get(metrics).items()}
-                        values["step_seconds"] = time.perf_counter() - start
-                        sampled = values["und/tokens_sampled"] + values["gen/tokens_sampled"]
-                        tokens = {"sampled": sampled, "trained": run.step_tokens["trained"]}
-                        values.update(
-                            flops.perf_metrics(
-                                run.step_flops,
-                                tokens,
-                                values["step_seconds"],
-                                jax.device_count(),
-                                run.peak_flops,
-                            )
-                        )
-                        values["data/skipped_records"] = float(run.pipeline.report.skipped)
+                    nonfinite = health.flagged(jax.device_get({k: metrics[k] for k in health.KEYS}))
+                    if nonfinite or step % config.logging.every == 0 or step == config.steps:
+                        values = self._values(metrics, time.perf_counter() - start)
                         history.append({"step": step, **values})
                         writer.write(step, values)
                         bar.set_postfix_str(format_line(step, values, keys=LINE_KEYS))
+                        if nonfinite:
+                            self._on_nonfinite(step, nonfinite, values)
                     if config.logging.samples_every and step % config.logging.samples_every == 0:
                         self._write_samples(step, batch, samples, writer)
+                    if run.evaluator is not None and run.evaluator.due(step):
+                        writer.write(step, run.evaluator(state))
                     if (
                         step % config.checkpoint.every == 0
                         or step == config.steps
-                        or self.stop_requested
+                        or self.stop.received
                     ):
                         save_checkpoint(run.checkpoints, step, state, run.data_iter.get_state())
                     bar.update()
@@ -406,15 +439,51 @@ class Trainer:
             bar.close()
             run.checkpoints.wait_until_finished()
             writer.close()
-            signal.signal(signal.SIGTERM, previous)
+            if run.lock is not None:
+                run.lock.release()
         run.state = state
         if is_lead():
-            report = run.pipeline.report
+            print(f"done at step {step}; {self._skipped_summary()}", file=sys.stderr)
+        return history
+
+    def _values(self, metrics: dict[str, jax.Array], seconds: float) -> dict[str, float]:
+        run = self.run
+        values = {k: float(v) for k, v in jax.device_get(metrics).items()}
+        values["step_seconds"] = seconds
+        sampled = values["und/tokens_sampled"] + values["gen/tokens_sampled"]
+        tokens = {"sampled": sampled, "trained": run.step_tokens["trained"]}
+        values.update(
+            flops.perf_metrics(run.step_flops, tokens, seconds, jax.device_count(), run.peak_flops)
+        )
+        values["data/skipped_records"] = float(
+            run.pipeline.report.skipped + run.pipeline.map_skips.skipped
+        )
+        values["nonfinite/skipped_steps"] = float(self.skipped_steps)
+        return values
+
+    def _on_nonfinite(self, step: int, flagged: list[str], values: dict[str, float]) -> None:
+        what = health.describe(flagged, values)
+        if self.run.config.nan_policy is health.NanPolicy.SKIP_STEP:
+            self.skipped_steps += 1
             print(
-                f"done at step {step}; skipped records: {report.skipped} {dict(report.errors_by_kind)}",
+                f"step {step}: {what}; its update was skipped (nan_policy=skip_step)",
                 file=sys.stderr,
             )
-        return history
+            return
+        latest = self.run.checkpoints.latest_step()
+        raise health.NonFiniteError(
+            f"step {step}: {what}; stopped before saving it (the latest checkpoint is "
+            f"{'step ' + str(latest) if latest is not None else 'none'}; "
+            "nan_policy=skip_step skips such steps instead)"
+        )
+
+    def _skipped_summary(self) -> str:
+        report, map_skips = self.run.pipeline.report, self.run.pipeline.map_skips
+        kinds = dict(report.errors_by_kind + map_skips.errors_by_kind)
+        text = f"skipped records: {report.skipped + map_skips.skipped} {kinds}"
+        if self.skipped_steps:
+            text += f"; steps skipped for non-finite values: {self.skipped_steps}"
+        return text
 
     def _next_batch(self) -> dict[str, jax.Array]:
         local = next(self.run.data_iter)

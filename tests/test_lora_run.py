@@ -109,7 +109,7 @@ def test_resume_reproduces_the_uninterrupted_run(run, tmp_path):
     full_dir, _, overrides, _, _ = run
     part = tmp_path / "part"
     Trainer(load_run_config([], [f"run_dir={part}", *overrides, "steps=2"])).run_steps()
-    resumed = Trainer(load_run_config([], [f"run_dir={part}", *overrides]))
+    resumed = Trainer(load_run_config([], [f"run_dir={part}", *overrides]), ("steps",))
     assert resumed.run.start_step == 2
     resumed.run_steps()
     full, parted = _metrics(full_dir), _metrics(part)

@@ -17,8 +17,9 @@ from pairuni_jax.checkpoint import convert
 from pairuni_jax.data import images
 from pairuni_jax.models.janus import JanusConfig
 from pairuni_jax.pairing import features
+from pairuni_jax.verify.hps_reference import hps_preprocess
 from tests import reference
-from tests.clip_reference import TINY, hps_preprocess, tiny_open_clip
+from tests.clip_reference import TINY, tiny_open_clip
 
 QUESTION = "What colour is it?\nA. red\nB. blue\n\nAnswer with the option's letter from the given choices directly."
 

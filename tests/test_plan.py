@@ -2,6 +2,7 @@
 does not fit exits non-zero with advice."""
 
 import argparse
+import json
 import re
 
 import jax
@@ -12,6 +13,7 @@ from pairuni_jax import flops, plan, sharding
 from pairuni_jax.commands import plan as plan_command
 from pairuni_jax.models.clip import CLIPConfig
 from pairuni_jax.models.janus import JanusConfig
+from pairuni_jax.plan import slices
 from pairuni_jax.run_config import load_run_config
 
 TINY = ["mesh.data=2", "mesh.fsdp=4"]
@@ -65,6 +67,8 @@ def test_plan_that_does_not_fit_exits_nonzero_with_advice(capsys):
     assert err.startswith("does not fit:") and "Biggest consumers:" in err
     assert "temporaries (activations, KV caches, gradients)" in err
     assert "try grpo.micro_batches=2" in err and "try model.dtype=bf16" in err
+    assert "Each of these alone, estimated from the table:" in err
+    assert "model.param_dtype=bf16 (halves parameters and Adam moments): about" in err
 
 
 def test_bad_config_exits_2(capsys):
@@ -74,12 +78,20 @@ def test_bad_config_exits_2(capsys):
     assert "rollout rows do not split" in capsys.readouterr().err
 
 
-def test_tiny_plan_flops_agree_with_the_compiled_step():
+@pytest.fixture(scope="module")
+def tiny_plan():
     config = load_run_config(["configs/tiny.yaml"], TINY)
-    result = plan.make_plan(config, jax.devices()[:8], target="test", chip=flops.CHIPS["v5e"])
+    return plan.make_plan(config, jax.devices()[:8], target="test", chip=flops.CHIPS["v5e"])
+
+
+def test_tiny_plan_flops_agree_with_the_compiled_step(tiny_plan):
+    result = tiny_plan
     counted = result.compiled_counts.flops
     a, n = result.analytic, result.num_devices
-    assert counted["rollout"] == pytest.approx(a.rollout / n, rel=0.1)
+    # Sampling and rewards together. Their split is not yet right on XLA:CPU's HLO (tiny:
+    # rollout 58.3 vs 41.8 MFLOP analytic per device, rewards 559 vs 534: ops of one phase named
+    # in the other); tests/test_plan_tpu.py holds it on the TPU compiler's.
+    assert counted["rollout"] + counted["rewards"] == pytest.approx(a.rollout / n, rel=0.1)
     assert counted["training"] == pytest.approx((a.training + a.recompute) / n, rel=0.1)
     assert result.fits
     seconds = result.step_seconds()
@@ -111,14 +123,105 @@ def test_count_program_multiplies_loops_and_splits_the_gradient():
     assert counts.flops["training"] == 3 * layers * matmul
 
 
+def test_trip_counts_come_from_the_loop_when_the_compiler_does_not_say():
+    """What the TPU compiler writes: no ``known_trip_count``. The count is derived from the
+    loop's state (a scan of 5, a fori_loop from 2 to 11 by 3), an EOS-style loop is counted at
+    its bound, and only a loop bound by data stays unknown."""
+    b, d = 4, 32
+    x, w = jnp.ones((b, d)), jnp.ones((5, d, d))
+
+    def fn(x, w, limit, done):
+        scanned = jax.lax.scan(lambda c, wi: (c @ wi, None), x, w)[0]
+        strided = jax.lax.fori_loop(0, 3, lambda i, c: c @ w[i], x)  # 3 trips
+        counted = jax.lax.while_loop(
+            lambda s: s[0] < 11, lambda s: (s[0] + 3, s[1] @ w[0]), (2, x)
+        )[1]  # 2, 5, 8: 3 trips
+        eos = jax.lax.while_loop(  # stops on data, at most 7 trips
+            lambda s: (s[0] < 7) & ~s[2], lambda s: (s[0] + 1, s[1] @ w[0], done), (0, x, False)
+        )[1]
+        unknown = jax.lax.while_loop(
+            lambda s: s[0] < limit, lambda s: (s[0] + 1, s[1] @ w[0]), (0, x)
+        )
+        return scanned, strided, counted, eos, unknown[1]
+
+    text = jax.jit(fn).lower(x, w, jnp.int32(3), jnp.bool_(False)).compile().as_text()
+    stripped = re.sub(r'"known_trip_count":\{"n":"\d+"\},?', "", text)
+    assert "known_trip_count" in text and "known_trip_count" not in stripped
+    counts = plan.count_program(stripped, 100)
+    matmul = 2 * b * d * d
+    assert counts.flops["rollout"] == (5 + 3 + 3 + 7 + 100) * matmul
+    sources = sorted(loop.source for loop in counts.loops if loop.per_trip.flops["rollout"])
+    assert sources == ["bounded", "default", "derived", "derived", "derived"]
+    assert plan.count_program(text, 100).flops["rollout"] == counts.flops["rollout"]
+
+
+def test_dilated_convolutions_count_only_the_taps_on_real_inputs():
+    # A 2-tap window over an input dilated by 2 (a zero between neighbours) always covers exactly
+    # one real element: 2L - 2 outputs x 1 tap x channels, not 2 taps each.
+    length, c_in, c_out = 10, 3, 5
+    x, k = jnp.ones((1, c_in, length)), jnp.ones((c_out, c_in, 2))
+
+    def conv(x, k):
+        return jax.lax.conv_general_dilated(x, k, (1,), [(0, 0)], lhs_dilation=(2,))
+
+    counts = plan.count_program(jax.jit(conv).lower(x, k).compile().as_text(), 1)
+    assert counts.flops["rollout"] == 2 * (2 * length - 2) * c_in * c_out
+
+
+def test_plan_json_has_what_scripts_read(tiny_plan, tmp_path):
+    path = tmp_path / "plan.json"
+    plan.write_json(tiny_plan, path)
+    data = json.loads(path.read_text())
+    assert data["compiler"] == "cpu" and data["fits"] is True
+    assert data["memory_bytes"]["total"] == tiny_plan.total_bytes
+    assert set(data["memory_bytes"]) >= {"trainable parameters", "optimizer state", "total"}
+    a, n = tiny_plan.analytic, tiny_plan.num_devices
+    assert data["flops"]["analytic"]["model"] == pytest.approx(a.model / n)
+    assert data["flops"]["analytic"]["remat"] == pytest.approx(a.recompute / n)
+    assert set(data["flops"]["analytic"]["phases"]) >= {"answer_decode", "image_decode", "rewards"}
+    assert data["flops"]["compiled"] == tiny_plan.compiled_counts.flops
+    assert set(data["collective_bytes"]) == {"rollout", "rewards", "training", "per_decoded_token"}
+    assert set(data["collective_bytes"]["per_decoded_token"]) == {"answers", "images"}
+    assert data["step_seconds"]["total"] > 0
+    assert data["decode_layout"] == "replicated"  # auto, with tiny weights
+
+
+def test_json_destination_is_checked_before_compiling(tmp_path, capsys):
+    foreign = tmp_path / "notes.json"
+    foreign.write_text('{"mine": 1}')
+    argv = ["--config", "configs/tiny.yaml", "--devices", "8", *TINY]
+    assert _cli([*argv, "--json", str(foreign)]) == 2
+    assert "is not a plan this command wrote" in capsys.readouterr().err
+    assert foreign.read_text() == '{"mine": 1}'
+    assert _cli([*argv, "--json", str(tmp_path / "missing" / "plan.json")]) == 2
+    assert "does not exist" in capsys.readouterr().err
+
+
+def test_a_mesh_that_does_not_fit_the_slice_is_a_named_error(capsys):
+    assert _cli(["--config", "configs/tiny.yaml", "--devices", "8", "--mesh", "data=1,fsdp=3"]) == 2
+    err = capsys.readouterr().err
+    assert "mesh data=1, fsdp=3, tensor=1 does not fit the 8 devices" in err
+
+
+def test_libtpu_must_be_the_one_jax_pins():
+    requires = ['libtpu==0.0.42.*; extra == "tpu"', "numpy>=1.26"]
+    assert slices.libtpu_mismatch("0.0.42.1", requires) is None
+    problem = slices.libtpu_mismatch("0.0.43", requires)
+    assert "libtpu 0.0.43 is installed" in problem and f"jax {jax.__version__}" in problem
+    assert "pip install 'libtpu==0.0.42.*'" in problem
+    assert slices.libtpu_mismatch("0.0.43", ["numpy"]) is None  # jax pins no libtpu
+
+
 def test_slices():
     assert plan.Slice.parse("v5e-64") == plan.Slice("v5e-64", flops.CHIPS["v5e"], 64, 16)
     assert plan.Slice.parse("v5e-8").hosts == 1
     assert plan.Slice.parse("v5p-16") == plan.Slice("v5p-16", flops.CHIPS["v5p"], 8, 2)
     assert plan.Slice.parse("v4-8") == plan.Slice("v4-8", flops.CHIPS["v4"], 4, 1)
     assert plan.Slice.parse("h100-8") == plan.Slice("h100-8", flops.CHIPS["h100"], 8, 1)
-    with pytest.raises(ValueError, match="expected <chip>-<size>"):
+    with pytest.raises(plan.UnknownTopologyError, match="expected <chip>-<size>"):
         plan.Slice.parse("v5litepod-8")
+    with pytest.raises(plan.UnknownTopologyError, match="no such v5p slice; known: v5p-8"):
+        plan.Slice.parse("v5p-12")
 
 
 def test_mesh_flag():

@@ -74,6 +74,7 @@ def build_step(
     lr=1e-3,
     seed=0,
     model: Janus | None = None,
+    skip_nonfinite: bool = False,
 ):
     if model is None:
         model = random_module(lambda: Janus(CONFIG, rngs=nnx.Rngs(0)), seed)
@@ -99,6 +100,7 @@ def build_step(
         gen_reward,
         reward_state,
         learning_rate=opt_lib.learning_rate_schedule(opt_config),
+        skip_nonfinite=skip_nonfinite,
     )
     return step, state
 

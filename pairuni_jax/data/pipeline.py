@@ -4,12 +4,15 @@ Order of operations (one global order, then one slice per host)::
 
     valid records --shuffle(seed; reshuffled each epoch)--> repeat(num_epochs)
       --> [truncate to whole global batches when finite] --> [shard_index::shard_count]
-      --> map(PairEncoder: image + prompts + HPS tokens) --> batch(P) --> threads / worker processes
+      --> map(PairEncoder: image + prompts + HPS tokens) --> threads / worker processes
+      --> drop records that failed to encode (on_error="skip") --> batch(P)
 
-Every record is validated once when the pipeline is built (``records.scan_jsonl``, plus the
-tokenized-length limits); ``on_error="skip"`` leaves bad records out of the order and counts them in
-``PairPipeline.report``. Every host scans the whole file, so all hosts agree on the record list.
-A failure that appears only later (an image changed after the scan) always raises.
+Every record is validated once when the pipeline is built (``records.scan_jsonl``: images decoded
+in full, plus the tokenized-length limits); ``on_error="skip"`` leaves bad records out of the
+order and counts them in ``PairPipeline.report``. Every host scans the whole file, so all hosts
+agree on the record list. A record that fails only in the map step (an image changed after the
+scan, a text the tokenizer rejects) raises with its file and line, or under ``on_error="skip"``
+is dropped and counted in ``PairPipeline.map_skips`` (``data.skipping``).
 
 Batch (numpy; P = ``pairs_per_host``, Lu / Lg = ``max_und_len`` / ``max_gen_len``,
 S = ``image_size``):
@@ -40,7 +43,7 @@ from typing import Any
 import grain
 import numpy as np
 
-from pairuni_jax.data import images, prompts, records
+from pairuni_jax.data import images, prompts, records, skipping
 
 HPS_CONTEXT_LENGTH = 77
 ASSETS = Path(__file__).resolve().parents[1] / "assets"
@@ -206,10 +209,14 @@ class PairEncoder(grain.transforms.Map):
         self.hps_tokenize = hps_tokenize
 
     def check(self, record: records.PairRecord) -> list[records.Issue]:
-        """Prompt-length issues of ``record`` (``PROMPT_TOO_LONG``)."""
+        """Tokenizer issues of ``record`` (``UNTOKENIZABLE_TEXT``, ``PROMPT_TOO_LONG``)."""
         cfg = self.config
-        und = len(self.prompts.understanding_ids(record.understand.question))
-        gen = len(self.prompts.generation_ids(record.generate.prompt))
+        try:
+            und = len(self._understanding_ids(record))
+            gen = len(self._generation_ids(record))
+            self._hps_ids(record)
+        except records.DataError as e:
+            return e.issues
         issues = []
         if und > cfg.max_und_len:
             message = (
@@ -229,27 +236,55 @@ class PairEncoder(grain.transforms.Map):
         kind = records.ErrorKind.PROMPT_TOO_LONG
         return records.Issue(kind, record.file, record.line, field, message)
 
-    def map(self, record: records.PairRecord) -> dict[str, np.ndarray]:
-        cfg, ids = self.config, self.prompts.ids
-        und_ids, und_mask = prompts.left_pad(
-            self.prompts.understanding_ids(record.understand.question), cfg.max_und_len, ids.pad
+    def _understanding_ids(self, record: records.PairRecord) -> np.ndarray:
+        field, kind = "understand_ann.question", records.ErrorKind.UNTOKENIZABLE_TEXT
+        encode = self.prompts.understanding_ids
+        return skipping.located(record, field, kind, encode, record.understand.question)
+
+    def _generation_ids(self, record: records.PairRecord) -> np.ndarray:
+        field, kind = "generate_ann.prompt", records.ErrorKind.UNTOKENIZABLE_TEXT
+        return skipping.located(
+            record, field, kind, self.prompts.generation_ids, record.generate.prompt
         )
-        gen_ids, gen_mask = prompts.left_pad(
-            self.prompts.generation_ids(record.generate.prompt), cfg.max_gen_len, ids.pad
+
+    def _hps_ids(self, record: records.PairRecord) -> np.ndarray:
+        field, kind = "generate_ann.prompt", records.ErrorKind.UNTOKENIZABLE_TEXT
+        hps = np.asarray(
+            skipping.located(record, field, kind, self.hps_tokenize, [record.generate.prompt])
         )
-        try:
-            pixels = images.load_and_preprocess(record.understand.image_path, cfg.image_size)
-        except Exception as e:  # re-raised with the record's location
-            field, kind = "understand_ann.image_path", records.ErrorKind.UNREADABLE_IMAGE
-            message = f"{type(e).__name__}: {e}"
-            issue = records.Issue(kind, record.file, record.line, field, message)
-            raise records.DataError([issue]) from e
-        hps = np.asarray(self.hps_tokenize([record.generate.prompt]))
         if hps.shape != (1, HPS_CONTEXT_LENGTH):
             raise ValueError(
                 f"the HPS tokenizer returned shape {hps.shape} for one text, "
                 f"expected (1, {HPS_CONTEXT_LENGTH})"
             )
+        return hps
+
+    def map(self, record: records.PairRecord) -> dict[str, np.ndarray] | skipping.SkippedRecord:
+        """The batch row of ``record``; a ``DataError`` (file, line, field) if it cannot be
+        encoded, or under ``on_error="skip"`` a ``SkippedRecord`` in its place."""
+        try:
+            return self._encode(record)
+        except records.DataError as e:
+            if self.config.on_error != "skip":
+                raise
+            return skipping.SkippedRecord(e.issues[0])
+
+    def _encode(self, record: records.PairRecord) -> dict[str, np.ndarray]:
+        cfg, ids = self.config, self.prompts.ids
+        und_ids, und_mask = prompts.left_pad(
+            self._understanding_ids(record), cfg.max_und_len, ids.pad
+        )
+        gen_ids, gen_mask = prompts.left_pad(self._generation_ids(record), cfg.max_gen_len, ids.pad)
+        field, kind = "understand_ann.image_path", records.ErrorKind.UNREADABLE_IMAGE
+        pixels = skipping.located(
+            record,
+            field,
+            kind,
+            images.load_and_preprocess,
+            record.understand.image_path,
+            cfg.image_size,
+        )
+        hps = self._hps_ids(record)
         return {
             "und_input_ids": und_ids,
             "und_attention_mask": und_mask,
@@ -275,6 +310,7 @@ class PairPipeline:
 
     Attributes:
       report: the ``records.ValidationReport`` of the scan (skipped records counted by kind).
+      map_skips: records dropped in the map step under ``on_error="skip"``, counted by kind.
       source: the ``PairSource`` of valid records.
     """
 
@@ -292,6 +328,7 @@ class PairPipeline:
         if len(index) == 0:
             raise ValueError(f"{config.path} has no valid pair records\n{self.report.summary()}")
         self.source = PairSource(index, records.image_base(config.path, config.image_root))
+        self.map_skips = skipping.DropSkipped()
 
     def record(self, record_index: int) -> records.PairRecord:
         """The record a batch's ``record_index`` entry refers to (for logs and sample files)."""
@@ -313,21 +350,20 @@ class PairPipeline:
                     f"do not fill one global batch of {global_batch} pairs"
                 )
             ds = ds[:usable]
-        ds = ds[shard.shard_index :: shard.shard_count]
-        ds = ds.map(self.encoder).batch(cfg.pairs_per_host, drop_remainder=True)
+        ds = ds[shard.shard_index :: shard.shard_count].map(self.encoder)
+        rows_ahead = cfg.prefetch_batches * cfg.pairs_per_host
         ds = ds.to_iter_dataset(
-            grain.ReadOptions(
-                num_threads=cfg.read_threads, prefetch_buffer_size=cfg.prefetch_batches
-            )
+            grain.ReadOptions(num_threads=cfg.read_threads, prefetch_buffer_size=rows_ahead)
         )
         if cfg.num_workers > 0:
             _mark_absl_flags_parsed()
             ds = ds.mp_prefetch(
                 grain.MultiprocessingOptions(
-                    num_workers=cfg.num_workers, per_worker_buffer_size=cfg.prefetch_batches
+                    num_workers=cfg.num_workers, per_worker_buffer_size=rows_ahead
                 )
             )
-        return ds
+        # Skipped records are dropped (and counted) in this process, so batches stay full.
+        return ds.filter(self.map_skips).batch(cfg.pairs_per_host, drop_remainder=True)
 
     def iterator(self, shard: grain.sharding.ShardOptions | None = None) -> grain.DatasetIterator:
         """A checkpointable iterator over ``dataset(shard)`` (``get_state`` / ``set_state``)."""
