@@ -81,7 +81,9 @@ def apply_overrides(data: dict[str, Any], overrides: Sequence[str]) -> dict[str,
         node = data
         *parents, leaf = key.split(".")
         for p in parents:
-            child = node.setdefault(p, {})
+            child = node.get(p)
+            if child is None:  # an absent or null section (e.g. ``model.lora: null``) opens
+                child = node[p] = {}
             if not isinstance(child, dict):
                 raise ConfigError(f"override {item!r}: {p} is not a section")
             node = child

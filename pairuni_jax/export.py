@@ -3,7 +3,10 @@
 A train checkpoint holds the trainable parameters (and optimizer state); the frozen ones come from
 the run's model source, exactly as on resume. ``load_run_policy`` merges the two (``pairuni eval
 --run`` evaluates that model directly); ``export_run`` writes it with
-``checkpoint.convert.orbax_to_hf`` in the transformers or DeepSeek layout.
+``checkpoint.convert.orbax_to_hf`` in the transformers or DeepSeek layout. A LoRA run
+(``model.lora``) holds only adapters: they are merged into the base weights
+(W + alpha / rank · A @ B, in fp32), or, with ``adapters_only``, written alone in PEFT's layout
+(``checkpoint/lora_adapters.py``).
 """
 
 from __future__ import annotations
@@ -17,7 +20,9 @@ import orbax.checkpoint as ocp
 from flax import nnx
 
 from pairuni_jax import destinations
-from pairuni_jax.checkpoint import convert, model_dir
+from pairuni_jax.checkpoint import convert, lora_adapters, model_dir
+from pairuni_jax.dtypes import DType
+from pairuni_jax.models import lora
 from pairuni_jax.models.janus import Janus
 from pairuni_jax.rl import optimizer as opt_lib
 from pairuni_jax.rl.train_step import init_train_state
@@ -53,6 +58,8 @@ def load_run_policy(run_dir: str | Path, step: int | None = None) -> RunPolicy:
 
     mesh = make_mesh(MeshConfig(1, 1, 1), jax.devices()[:1])
     policy, tokenizer_dir = load_policy(config.model, mesh, run_dir)
+    if config.model.lora is not None:
+        policy = lora.add_adapters(policy, config.model.lora, mesh)
     optimizer = opt_lib.make_optimizer(config.optimizer)
     graphdef, state = init_train_state(policy, config.grpo, optimizer)
     state, _ = restore_checkpoint(manager, step, state)
@@ -68,15 +75,37 @@ def export_run(
     format: str = convert.TRANSFORMERS,
     dtype: str | None = None,
     overwrite: bool = False,
+    adapters_only: bool = False,
 ) -> Path:
-    """Writes the policy of ``run_dir`` at ``step`` (default: the latest checkpoint) to ``dst``."""
+    """Writes the policy of ``run_dir`` at ``step`` (default: the latest checkpoint) to ``dst``;
+    ``adapters_only``: just the LoRA adapters of a LoRA run (transformers names, PEFT layout)."""
     import jax
 
     run_dir = Path(run_dir).absolute()
+    lora_config = load_run_config([run_dir / "config.yaml"]).model.lora
+    if adapters_only and lora_config is None:
+        raise ValueError(
+            f"{run_dir} trained the whole policy (its config has no model.lora): there are no "
+            "adapters to write; export without --adapters-only"
+        )
+    if adapters_only and format != convert.TRANSFORMERS:
+        raise ValueError("adapters are written with transformers module names (PEFT's layout)")
     destinations.check(dst, sources=[run_dir], overwrite=overwrite)
     policy = load_run_policy(run_dir, step)
     model = policy.model
-    params = jax.tree.map(np.asarray, nnx.to_pure_dict(nnx.state(model, nnx.Param)))
+    if adapters_only:
+        return lora_adapters.save_adapters(
+            dst,
+            jax.tree.map(np.asarray, lora.adapter_matrices(model)),
+            lora_config,
+            base=policy.config.model.path,
+            dtype=DType.parse(dtype or DType.FP32).dtype,
+            overwrite=overwrite,
+        )
+    if lora_config is not None:
+        params = jax.tree.map(np.asarray, lora.merged_params(model, lora_config))
+    else:
+        params = jax.tree.map(np.asarray, nnx.to_pure_dict(nnx.state(model, nnx.Param)))
     stored = np.dtype(jax.tree.leaves(params)[0].dtype).name
     meta = {
         "kind": convert.KIND,

@@ -20,6 +20,7 @@ from pairuni_jax.data.pipeline import DataConfig
 from pairuni_jax.dtypes import DType
 from pairuni_jax.evaluation.config import EvalConfig
 from pairuni_jax.logging.wandb_writer import WandbConfig
+from pairuni_jax.models.lora import LoraConfig
 from pairuni_jax.models.stack import RematPolicy
 from pairuni_jax.rl.health import NanPolicy
 from pairuni_jax.rl.optimizer import OptimizerConfig
@@ -32,7 +33,8 @@ ASSETS = Path(__file__).parent / "assets"
 @dataclasses.dataclass(frozen=True)
 class ModelSection:
     """The policy: an Orbax model directory, a Hugging Face checkpoint directory (converted on the
-    fly), or, with ``path: null``, a random model of ``preset`` (the demo)."""
+    fly), or, with ``path: null``, a random model of ``preset`` (the demo). With ``lora`` set,
+    only low-rank adapters on ``lora.targets`` are trained (``models/lora.py``)."""
 
     path: str | None = None
     preset: str = "tiny"
@@ -42,6 +44,7 @@ class ModelSection:
     param_dtype: DType = DType.FP32
     scan_layers: bool = True
     remat: RematPolicy = RematPolicy.FULL  # for the teacher-forced training forward
+    lora: LoraConfig | None = None  # {rank, alpha, targets, base_dtype, ...}: train adapters only
 
 
 @dataclasses.dataclass(frozen=True)

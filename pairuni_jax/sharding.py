@@ -17,6 +17,7 @@ Logical names used across the project:
 ``layers``     stacked layers (scan axis)
 ``conv_in``    input channels of a convolution; ``conv_out`` output channels
 ``norm``       the feature axis of a normalisation layer
+``lora_rank``  the rank axis of LoRA adapters (A [in, rank], B [rank, out])
 =============  ==========================================================
 """
 
@@ -49,6 +50,7 @@ LOGICAL_AXIS_RULES: tuple[tuple[str, Any], ...] = (
     ("conv_in", None),
     ("norm", None),
     ("cache_length", None),
+    ("lora_rank", None),  # adapters are small: A and B follow their kernel's other axis
 )
 
 

@@ -44,6 +44,7 @@ from pairuni_jax.data.prompts import SpecialIds, load_tokenizer
 from pairuni_jax.evaluation.in_training import TrainingEval
 from pairuni_jax.logging.metrics import MetricsWriter, format_line
 from pairuni_jax.logging.samples import save_answers, save_image_grid
+from pairuni_jax.models import lora
 from pairuni_jax.models.clip import CLIP, CLIPConfig
 from pairuni_jax.models.janus import Janus, JanusConfig
 from pairuni_jax.models.random_init import random_module
@@ -220,6 +221,8 @@ def _build(config: RunConfig, run_dir: Path, lock: run_dir_lib.RunLock | None) -
     mesh = sharding.make_mesh(config.mesh)
 
     policy, tokenizer_dir = load_policy(config.model, mesh, run_dir)
+    if config.model.lora is not None:
+        policy = lora.add_adapters(policy, config.model.lora, mesh)
     hps, clip_tokenizer_dir = load_hps(config.reward, mesh)
     tokenizer = load_tokenizer(tokenizer_dir)
     ids = SpecialIds.from_tokenizer(tokenizer)

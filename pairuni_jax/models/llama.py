@@ -318,8 +318,12 @@ class LlamaModel(nnx.Module):
         forward: slicing (and casting) inside the loop would copy every weight at every token.
         """
         graphdef, state = nnx.split(self.layers)
+
+        def layer(w: Array, i: int) -> Array:  # quantised kernels (QLoRA) keep their storage
+            return w[i].astype(self.dtype) if jnp.issubdtype(w.dtype, jnp.floating) else w[i]
+
         return tuple(
-            nnx.merge(graphdef, jax.tree.map(lambda w, i=i: w[i].astype(self.dtype), state))
+            nnx.merge(graphdef, jax.tree.map(lambda w, i=i: layer(w, i), state))
             for i in range(self.config.num_layers)
         )
 

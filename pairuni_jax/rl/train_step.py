@@ -28,6 +28,7 @@ import numpy as np
 import optax
 from flax import nnx
 
+from pairuni_jax.models import lora
 from pairuni_jax.models.janus import Janus
 from pairuni_jax.models.vq import to_uint8
 from pairuni_jax.rl import advantages as adv_lib
@@ -155,7 +156,8 @@ class TrainState:
 def split_policy(
     model: Janus, frozen_modules: tuple[str, ...]
 ) -> tuple[nnx.GraphDef, nnx.State, nnx.State]:
-    """(graphdef, trainable, frozen): parameters under ``frozen_modules`` are frozen."""
+    """(graphdef, trainable, frozen): parameters under ``frozen_modules`` are frozen, and so is
+    every parameter but the adapters of a model with LoRA adapters (``models/lora.py``)."""
     known = set(vars(model))
     if unknown := sorted(set(frozen_modules) - known):
         raise ValueError(f"frozen_modules {unknown} are not modules of Janus")
@@ -163,6 +165,8 @@ def split_policy(
     def is_frozen(path, _):
         return path[0] in frozen_modules
 
+    if lora.is_adapted(model):
+        is_frozen = nnx.Any(is_frozen, nnx.Not(nnx.LoRAParam))
     graphdef, frozen, params = nnx.split(model, is_frozen, ...)
     return graphdef, params, frozen
 
@@ -242,7 +246,7 @@ class TrainStep:
     # -- the program ---------------------------------------------------------------------------
 
     def _model(self, params: nnx.State, frozen: nnx.State) -> Janus:
-        return nnx.merge(self.graphdef, params, frozen)
+        return lora.compute_view(nnx.merge(self.graphdef, params, frozen))
 
     def _step(
         self, state: TrainState, batch: Batch, rng: Array, reward_state: Any, skip_nonfinite: Array
