@@ -43,10 +43,15 @@ def causal_pairs(length: int, block: int = CAUSAL_BLOCK) -> int:
 def llm_forward(text: LlamaConfig, rows: int, queries: int, keys: int | None = None) -> float:
     """The decoder stack (no embedding, no head): ``rows`` sequences of ``queries`` new positions
     attending to ``keys`` cache slots each, or, with ``keys=None``, causally to themselves."""
-    pairs = queries * keys if keys is not None else causal_pairs(queries)
     dense = 2.0 * text.num_layers * llm_layer_params(text) * rows * queries
-    attention = 4.0 * text.num_layers * text.num_heads * text.head_dim * rows * pairs
-    return dense + attention
+    return dense + llm_attention(text, rows, queries, keys)
+
+
+def llm_attention(text: LlamaConfig, rows: int, queries: int, keys: int | None = None) -> float:
+    """The part of ``llm_forward`` with no parameter operand: the scores and the weighted values
+    (q·kᵀ and p·v) of every layer."""
+    pairs = queries * keys if keys is not None else causal_pairs(queries)
+    return 4.0 * text.num_layers * text.num_heads * text.head_dim * rows * pairs
 
 
 def vit_layers(width: int, mlp: int, layers: int, images: int, tokens: int) -> float:

@@ -27,7 +27,6 @@ from __future__ import annotations
 
 import dataclasses
 import enum
-import functools
 import re
 from typing import Any
 
@@ -188,6 +187,19 @@ def add_adapters(model: Janus, config: LoraConfig, mesh: jax.sharding.Mesh | Non
     on the first device).
     The model is changed in place and returned.
     """
+    adapt(model, config)
+    # Committed placement: a jitted step's outputs are committed, so uncommitted adapters would
+    # make the step's second call compile the whole program again.
+    lora_state = nnx.state(model, nnx.LoRAParam)
+    placement = jax.devices()[0] if mesh is None else sharding.state_shardings(lora_state, mesh)
+    nnx.update(model, jax.device_put(lora_state, placement))
+    return model
+
+
+def adapt(model: Janus, config: LoraConfig) -> Janus:
+    """``model`` with adapters on ``config.targets`` and its base in ``config.base_dtype``, left
+    where the arrays are (``add_adapters`` places them). Traceable: ``pairuni plan`` runs it
+    under ``nnx.eval_shape`` to plan an adapted policy without materialising it."""
     targets = find_targets(model, config)
     rngs = nnx.Rngs(config.seed)
     for entry in (STACKED_ENTRY, *HEAD_ENTRIES):
@@ -196,11 +208,6 @@ def add_adapters(model: Janus, config: LoraConfig, mesh: jax.sharding.Mesh | Non
             _adapt_entry(model, entry, relative, config, rngs)
     _name_rank_axes(model)
     _store_base(model, config.base_dtype.float_dtype)
-    # Committed placement: a jitted step's outputs are committed, so uncommitted adapters would
-    # make the step's second call compile the whole program again.
-    lora_state = nnx.state(model, nnx.LoRAParam)
-    placement = jax.devices()[0] if mesh is None else sharding.state_shardings(lora_state, mesh)
-    nnx.update(model, jax.device_put(lora_state, placement))
     return model
 
 
@@ -266,14 +273,15 @@ def _name_rank_axes(model: Janus) -> None:
 def _store_base(model: Janus, dtype: np.dtype) -> None:
     """Every floating base parameter (not an adapter, not a quantised value) → ``dtype``."""
     base = nnx.state(model, nnx.All(nnx.Param, nnx.Not(nnx.LoRAParam)))
-    keep = jax.tree.map(lambda x: x.sharding, base)
 
-    @functools.partial(jax.jit, out_shardings=keep)  # one program, not one per leaf
     def cast(state):
         return jax.tree.map(
             lambda x: x.astype(dtype) if jnp.issubdtype(x.dtype, jnp.floating) else x, state
         )
 
+    if not any(isinstance(x, jax.core.Tracer) for x in jax.tree.leaves(base)):
+        # Concrete arrays: one program (not one per leaf) that keeps every leaf where it is.
+        cast = jax.jit(cast, out_shardings=jax.tree.map(lambda x: x.sharding, base))
     nnx.update(model, cast(base))
 
 

@@ -26,6 +26,7 @@ from pairuni_jax.checkpoint import hf_config, hf_reader, model_dir
 from pairuni_jax.data.pipeline import HPS_CONTEXT_LENGTH
 from pairuni_jax.data.prompts import SpecialIds, load_tokenizer
 from pairuni_jax.flops import Chip
+from pairuni_jax.models import lora
 from pairuni_jax.models.clip import CLIP, CLIPConfig
 from pairuni_jax.models.janus import Janus, JanusConfig
 from pairuni_jax.rewards.accuracy import LetterTableArrays, tag_patterns
@@ -223,17 +224,19 @@ def build_abstract_run(
     train_lib.check_rollout_rows(config, mesh, global_pairs)
 
     m = config.model
-    dtype, param_dtype = m.dtype.dtype, m.param_dtype.dtype
-    policy = nnx.eval_shape(
-        lambda: Janus(
+
+    def make_policy() -> Janus:
+        policy = Janus(
             model_config,
-            dtype=dtype,
-            param_dtype=param_dtype,
+            dtype=m.dtype.dtype,
+            param_dtype=m.param_dtype.dtype,
             scan_layers=m.scan_layers,
             remat=m.remat,
             rngs=nnx.Rngs(0),
         )
-    )
+        return policy if m.lora is None else lora.adapt(policy, m.lora)
+
+    policy = nnx.eval_shape(make_policy)
     optimizer = opt_lib.make_optimizer(config.optimizer)
     graphdef = split_policy(policy, config.grpo.frozen_modules)[0]
     full_graphdef, policy_state = nnx.split(policy)

@@ -165,6 +165,19 @@ def fixes(plan: Plan) -> list[tuple[str, int]]:
                 total - plan.decode_copy,
             )
         )
+    if c.model.lora is None:
+        # The trained weights become a frozen bf16 base; Adam, the reference copy and (not
+        # counted here) the full-size gradient among the temporaries go.
+        trained = args.get("trainable parameters", 0)
+        stored = trained // 2 if c.model.param_dtype == "fp32" else trained
+        saved = trained - stored + optimizer + args.get("reference parameters", 0)
+        out.append(
+            (
+                "model.lora.rank=16 (LoRA: a frozen bf16 base, only adapters in Adam; the full "
+                "gradient leaves the temporaries too, not counted here)",
+                total - saved,
+            )
+        )
     if args.get("reference parameters"):
         out.append(
             ("grpo.loss.kl_beta=0 (no reference copy)", total - args["reference parameters"])
