@@ -42,6 +42,7 @@ from pairuni_jax.checkpoint.train_checkpoints import restore_checkpoint, save_ch
 from pairuni_jax.data.pipeline import HostSlice, PairPipeline
 from pairuni_jax.data.prompts import SpecialIds, load_tokenizer
 from pairuni_jax.evaluation.in_training import TrainingEval
+from pairuni_jax.logging.curves import draw_run_curves
 from pairuni_jax.logging.metrics import MetricsWriter, format_line
 from pairuni_jax.logging.samples import save_answers, save_image_grid
 from pairuni_jax.models import lora
@@ -460,6 +461,8 @@ class Trainer:
                         or self.stop.received
                     ):
                         save_checkpoint(run.checkpoints, step, state, run.data_iter.get_state())
+                        if is_lead():
+                            draw_run_curves(run.run_dir)
                     bar.update()
         finally:
             bar.close()
