@@ -12,6 +12,7 @@ from pairuni_jax.config import ConfigError
 from pairuni_jax.models import lora
 from pairuni_jax.models.janus import Janus, positions_from_mask
 from pairuni_jax.models.random_init import random_module
+from pairuni_jax.rl.policy import ImageLogprob
 from pairuni_jax.run_config import load_run_config
 from tests import train_fixtures as fx
 
@@ -112,3 +113,24 @@ def test_bad_settings_are_named(base):
     with pytest.raises(ConfigError, match=r"model.lora.base_dtype: 'fp8' is not one of"):
         load_run_config([], ["model.lora.base_dtype=fp8"])
     assert load_run_config([], ["model.lora.rank=8"]).model.lora == lora.LoraConfig(rank=8)
+
+
+def test_lora_pair_grpo_raises_both_rewards_above_noise():
+    """The learning test of ``test_train_step`` with only rank-8 adapters trained (the
+    projections and both heads; the base bf16 as by default): each side's reward rises by
+    several times its run-to-run noise (measured: answers 0.49 -> 0.73, images 0.49 -> 1.00,
+    noise 0.03).
+
+    Image log-probs are the guided ones, those of the distribution the images are sampled from.
+    With conditional log-probs the update raises the conditional branch while the samples come
+    from 5·cond − 4·uncond (CFG weight 5); adapters shared by both branches can move the
+    unconditional one as much, and the images then learn the wrong way (this same run: images
+    0.49 -> 0.002; 0.49 -> 1.00 with an fp32 base: the sign of the margin is luck)."""
+    config = fx.grpo_config(
+        rollout=fx.RolloutConfig(num_und_rollouts=8, num_gen_rollouts=4, max_new_tokens=8),
+        image_logprob=ImageLogprob.GUIDED,
+    )
+    model = lora.add_adapters(_base(), lora.LoraConfig(rank=8, alpha=16, targets=EVERY_HEAD))
+    step, state = fx.build_step(config, *fx.low_half_rewards(), lr=1e-2, model=model)
+    gain, noise = fx.reward_gain(step, state, num_steps=20)
+    assert np.all(gain > 4 * np.maximum(noise, 0.01)), (gain, noise)
