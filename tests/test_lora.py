@@ -1,6 +1,8 @@
 """LoRA adapters on the policy (models/lora.py, qwix): exact at initialisation, only adapters
 trained, the base frozen bit for bit, sharded by logical axes, named errors for bad settings."""
 
+import dataclasses
+
 import jax
 import jax.numpy as jnp
 import numpy as np
@@ -134,3 +136,41 @@ def test_lora_pair_grpo_raises_both_rewards_above_noise():
     step, state = fx.build_step(config, *fx.low_half_rewards(), lr=1e-2, model=model)
     gain, noise = fx.reward_gain(step, state, num_steps=20)
     assert np.all(gain > 4 * np.maximum(noise, 0.01)), (gain, noise)
+
+
+@pytest.mark.parametrize("base_dtype", ["int8", "nf4"])
+def test_a_quantised_base_merges_into_the_weights_it_computes_with(base_dtype):
+    """QLoRA: the targeted kernels are stored quantised, and ``merged_params`` (what
+    ``pairuni export`` writes) dequantises them and adds the adapters, so an unadapted Janus
+    loaded from the merged weights computes what the adapted, quantised model does."""
+    config = lora.LoraConfig(rank=4, alpha=8.0, targets=EVERY_HEAD, base_dtype=base_dtype)
+    adapted = lora.add_adapters(_base(), config)
+    quantised = [
+        path
+        for path, module in lora.find_targets(adapted, config).items()
+        if not isinstance(module.kernel, nnx.Variable)
+    ]
+    assert len(quantised) == len(lora.find_targets(adapted, config))
+    adapters = nnx.state(adapted, nnx.LoRAParam)
+    noise = jax.random.normal(jax.random.key(1), (len(jax.tree.leaves(adapters)),))
+    nnx.update(
+        adapted,
+        jax.tree.map(
+            lambda x, e: x + 0.05 * e,
+            adapters,
+            jax.tree.unflatten(jax.tree.structure(adapters), list(noise)),
+        ),
+    )
+    merged = nnx.eval_shape(lambda: Janus(fx.CONFIG, rngs=nnx.Rngs(0)))
+    state = nnx.state(merged)
+    nnx.replace_by_pure_dict(state, lora.merged_params(adapted, config))
+    merged = nnx.merge(nnx.graphdef(merged), state)
+    text, image = jax.jit(_logits)(adapted)
+    want_text, want_image = jax.jit(_logits)(merged)
+    np.testing.assert_allclose(np.asarray(text), np.asarray(want_text), atol=1e-5)
+    np.testing.assert_allclose(np.asarray(image), np.asarray(want_image), atol=1e-5)
+    # The quantisation is real: the same adapters on the unquantised base give other logits.
+    exact = lora.add_adapters(_base(), dataclasses.replace(config, base_dtype="fp32"))
+    nnx.update(exact, nnx.state(adapted, nnx.LoRAParam))
+    exact_text, _ = jax.jit(_logits)(exact)
+    assert np.abs(np.asarray(exact_text - text)).max() > 1e-3

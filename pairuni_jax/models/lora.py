@@ -271,8 +271,14 @@ def _name_rank_axes(model: Janus) -> None:
 
 
 def _store_base(model: Janus, dtype: np.dtype) -> None:
-    """Every floating base parameter (not an adapter, not a quantised value) → ``dtype``."""
-    base = nnx.state(model, nnx.All(nnx.Param, nnx.Not(nnx.LoRAParam)))
+    """Every floating base parameter (not an adapter, not part of a quantised kernel) →
+    ``dtype``. A quantised kernel's scales stay as qwix made them (fp32): in bf16 they would
+    round every weight the forward computes with, and those of the merged export with them."""
+
+    def quantised(path: tuple, _) -> bool:  # the qvalue / scale leaves of a qwix QArray
+        return "array" in path
+
+    base = nnx.state(model, nnx.All(nnx.Param, nnx.Not(nnx.LoRAParam), nnx.Not(quantised)))
 
     def cast(state):
         return jax.tree.map(
