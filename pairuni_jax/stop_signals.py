@@ -50,11 +50,11 @@ class StopSignals:
                 flush=True,
             )
 
-    @property
-    def exit_code(self) -> ExitCode:
-        """The exit code of a run this stopped (``OK`` when no signal arrived)."""
-        if self.received is signal.SIGTERM:
-            return ExitCode.PREEMPTED
-        if self.received is signal.SIGINT:
-            return ExitCode.INTERRUPTED
-        return ExitCode.OK
+
+def exit_code(stopped_by: signal.Signals | None) -> ExitCode:
+    """The exit code of a run that ``stopped_by`` stopped (``OK`` for a run that finished)."""
+    if stopped_by is signal.SIGTERM:
+        return ExitCode.PREEMPTED
+    if stopped_by is signal.SIGINT:
+        return ExitCode.INTERRUPTED
+    return ExitCode.OK

@@ -33,7 +33,7 @@ from tqdm import tqdm
 
 from pairuni_jax import cluster as cluster_lib
 from pairuni_jax import config as config_lib
-from pairuni_jax import flops, sharding
+from pairuni_jax import flops, sharding, stop_signals
 from pairuni_jax import run_dir as run_dir_lib
 from pairuni_jax.checkpoint import convert as janus_convert
 from pairuni_jax.checkpoint import model_dir
@@ -41,6 +41,7 @@ from pairuni_jax.checkpoint import train_checkpoints as checkpoints_lib
 from pairuni_jax.checkpoint.train_checkpoints import restore_checkpoint, save_checkpoint
 from pairuni_jax.data.pipeline import HostSlice, PairPipeline
 from pairuni_jax.data.prompts import SpecialIds, load_tokenizer
+from pairuni_jax.errors import ExitCode
 from pairuni_jax.evaluation.in_training import TrainingEval
 from pairuni_jax.logging.curves import draw_run_curves
 from pairuni_jax.logging.metrics import MetricsWriter, format_line
@@ -408,11 +409,14 @@ def data_for_model(config: RunConfig, model_config: JanusConfig):
 
 
 class Trainer:
-    """``Trainer(config).run_steps()``; ``stop.received`` says whether a signal stopped it."""
+    """``Trainer(config).run_steps()``; ``stopped_by`` says which signal stopped it, if any."""
 
     def __init__(self, config: RunConfig, allowed_changes: tuple[str, ...] = ()):
         self.run = setup(config, allowed_changes)
         self.stop = StopSignals()
+        # The signal all processes agreed to stop on after the latest step. Only this decides
+        # the loop: ``stop.received`` may change in one process between two agreements.
+        self.stopped_by: signal.Signals | None = None
         self.skipped_steps = 0  # nan_policy: skip_step
 
     def run_steps(self) -> list[dict[str, float]]:
@@ -435,7 +439,7 @@ class Trainer:
         )
         try:
             with jax.set_mesh(run.mesh), self.stop:
-                while step < config.steps and not self.stop.received:
+                while step < config.steps and self.stopped_by is None:
                     batch = self._next_batch()
                     if step == run.start_step:
                         self._compile_together(state, batch, rng)
@@ -458,7 +462,7 @@ class Trainer:
                     if (
                         step % config.checkpoint.every == 0
                         or step == config.steps
-                        or self.stop.received
+                        or self.stopped_by is not None
                     ):
                         save_checkpoint(run.checkpoints, step, state, run.data_iter.get_state())
                         if is_lead():
@@ -514,13 +518,17 @@ class Trainer:
             text += f"; steps skipped for non-finite values: {self.skipped_steps}"
         return text
 
+    @property
+    def exit_code(self) -> ExitCode:
+        return stop_signals.exit_code(self.stopped_by)
+
     def _agree_on_stop(self) -> None:
         """A signal to any one process stops them all after the same step: every process
         takes the signal one of them received (``stop.received``, by signal number)."""
         received = self.stop.received
         agreed = cluster_lib.max_over_processes(int(received) if received is not None else 0)
-        if received is None and agreed:
-            self.stop.received = signal.Signals(agreed)
+        if agreed:
+            self.stopped_by = signal.Signals(agreed)
 
     def _compile_together(self, state: TrainState, batch: dict, rng: jax.Array) -> None:
         """Several processes: compile the step, then wait for each other before running it, so

@@ -16,6 +16,7 @@ import orbax.checkpoint as ocp
 import pytest
 
 from pairuni_jax import cli, run_dir
+from pairuni_jax import train as train_lib
 from pairuni_jax.checkpoint import train_checkpoints as tc
 from pairuni_jax.config import ConfigError
 from pairuni_jax.errors import ExitCode
@@ -144,6 +145,30 @@ def test_a_signal_during_a_step_saves_it_and_exits_with_its_code(
     assert f"{signum.name}: stopping after this step" in capsys.readouterr().err
     history = sorted((run / run_dir.HISTORY_DIR).iterdir())
     assert len(history) == 2, "the accepted change is recorded beside the original config"
+
+
+def test_a_signal_after_the_stop_agreement_stops_after_the_next_step(
+    trained, tmp_path, monkeypatch
+):
+    """The processes agree on stopping right after each step; a SIGTERM that lands later (here:
+    during step 3's save) waits for the next agreement. Acting on it at once made the signalled
+    process leave the loop while the others ran step 4 and waited in its collectives forever."""
+    run = _copy(trained, tmp_path)
+    original = train_lib.save_checkpoint
+    saved = []
+
+    def save_then_signal(manager, step, *args, **kwargs):
+        original(manager, step, *args, **kwargs)
+        saved.append(step)
+        if step == 3:
+            os.kill(os.getpid(), signal.SIGTERM)
+
+    monkeypatch.setattr(train_lib, "save_checkpoint", save_then_signal)
+    argv = ["train", f"run_dir={run}", *FAST, "steps=6", "checkpoint.every=1"]
+    assert cli.main([*argv, "--allow-config-change", "steps"]) == ExitCode.PREEMPTED
+    assert saved == [3, 4]
+    assert kh.checkpoint_steps(run)[-1] == 4
+    assert kh.logged_steps(run) == [1, 2, 3, 4]
 
 
 def test_non_finite_params_stop_the_run_before_it_saves(trained, tmp_path, monkeypatch, capsys):

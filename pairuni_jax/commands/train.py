@@ -112,4 +112,4 @@ def _train(
     except health.NonFiniteError as e:
         print(f"error: {e}", file=sys.stderr)
         return errors.ExitCode.NON_FINITE
-    return trainer.stop.exit_code
+    return trainer.exit_code
