@@ -19,11 +19,11 @@ row 7b v5e-16 ""
 row 7b v5e-16 _lora model.lora.rank=16
 row 7b v5p-8 ""
 row 7b v5p-8 _train grpo.rollout.layout=train
+row 7b v5e-8 _lora model.lora.rank=16
+row 7b v4-8 _lora model.lora.rank=16
 row 7b v5e-64 ""
 row 7b v5e-64 _train grpo.rollout.layout=train
 row 7b v4-8 ""
-row 7b v4-8 _lora model.lora.rank=16
-row 7b v5e-8 _lora model.lora.rank=16
 row 7b v5p-16 ""
 row 7b v6e-8 ""
 for slice in v5p-8 v6e-8 v5e-16 v4-8 v5p-16 v5e-64; do row 1b "$slice" ""; done
