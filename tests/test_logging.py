@@ -101,6 +101,22 @@ def test_resumed_metrics_writer_logs_each_step_once(tmp_path):
     assert _scalar_points(_accumulator(tmp_path / "tensorboard"), "loss") == expected
 
 
+@pytest.mark.parametrize(
+    "bad,message",
+    [
+        ("not json\n", "metrics.jsonl:2: not a JSON line"),
+        ('{"loss": 1}\n', "metrics.jsonl:2: not a"),
+    ],
+)
+def test_a_resume_names_a_broken_metrics_line_and_keeps_the_file(bad, message, tmp_path):
+    path = tmp_path / "metrics.jsonl"
+    path.write_text('{"step": 1, "loss": 1.0}\n' + bad + '{"step": 3, "loss": 3.0}\n')
+    before = path.read_bytes()
+    with pytest.raises(ValueError, match=message):
+        MetricsWriter(tmp_path, tensorboard=False, start_step=2)
+    assert path.read_bytes() == before
+
+
 def test_non_lead_metrics_writer_writes_nothing(tmp_path):
     writer = MetricsWriter(tmp_path / "run", is_lead=False)
     writer.write(1, {"loss": 1.0})
