@@ -54,6 +54,19 @@ LOGICAL_AXIS_RULES: tuple[tuple[str, Any], ...] = (
 )
 
 
+def parse_mesh_flag(text: str) -> dict[str, int]:
+    """A ``--mesh`` flag's axis sizes: ``"data=1,fsdp=-1"`` -> ``{"data": 1, "fsdp": -1}`` (only
+    the axes named; -1 as in ``MeshConfig``)."""
+    sizes = {}
+    for item in text.split(","):
+        name, sep, value = item.partition("=")
+        name, value = name.strip(), value.strip()
+        if not sep or name not in MESH_AXES or not value.lstrip("-").isdigit():
+            raise ValueError(f"--mesh {text!r}: expected data=D,fsdp=F,tensor=T (any of them)")
+        sizes[name] = int(value)
+    return sizes
+
+
 @dataclasses.dataclass(frozen=True)
 class MeshConfig:
     """Sizes of the three mesh axes; their product must equal the number of devices used.

@@ -265,9 +265,10 @@ def test_slices():
 
 
 def test_mesh_flag():
-    assert plan_command.mesh_overrides("data=2,fsdp=4") == ["mesh.data=2", "mesh.fsdp=4"]
-    with pytest.raises(ValueError, match="--mesh"):
-        plan_command.mesh_overrides("fsdp:4")
+    assert sharding.parse_mesh_flag("data=2, fsdp=-1") == {"data": 2, "fsdp": -1}
+    for bad in ("fsdp:4", "data=two", "pipeline=2"):
+        with pytest.raises(ValueError, match="--mesh .*: expected data=D,fsdp=F,tensor=T"):
+            sharding.parse_mesh_flag(bad)
 
 
 def test_configs_come_from_the_model_directory_or_a_named_preset(tmp_path):

@@ -68,15 +68,11 @@ def check_json_destination(path: str) -> None:
             raise ValueError(f"--json {path}: exists and is not a plan this command wrote")
 
 
-def mesh_overrides(text: str) -> list[str]:
-    """``data=1,fsdp=8,tensor=1`` -> ``["mesh.data=1", "mesh.fsdp=8", "mesh.tensor=1"]``."""
-    out = []
-    for part in text.split(","):
-        name, sep, value = part.partition("=")
-        if not sep or name.strip() not in ("data", "fsdp", "tensor"):
-            raise ValueError(f"--mesh {text!r}: expected data=D,fsdp=F,tensor=T (any of them)")
-        out.append(f"mesh.{name.strip()}={value.strip()}")
-    return out
+def _mesh_overrides(text: str) -> list[str]:
+    """``data=1,fsdp=8`` -> ``["mesh.data=1", "mesh.fsdp=8"]`` (the config keeps the other axes)."""
+    from pairuni_jax.sharding import parse_mesh_flag
+
+    return [f"mesh.{name}={size}" for name, size in parse_mesh_flag(text).items()]
 
 
 def cpu_devices(count: int) -> list:
@@ -106,7 +102,7 @@ def run(args: argparse.Namespace) -> int:
     try:
         if args.json:
             check_json_destination(args.json)
-        overrides = list(args.overrides) + (mesh_overrides(args.mesh) if args.mesh else [])
+        overrides = list(args.overrides) + (_mesh_overrides(args.mesh) if args.mesh else [])
         config = load_run_config(args.config, overrides)
         hosts = args.hosts
         if args.topology:
