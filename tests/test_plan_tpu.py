@@ -68,3 +68,10 @@ def test_tpu_matmuls_and_async_collectives_are_counted_once_each():
     result = 4 * b * m * n * 2
     assert counts.collectives["rollout"] >= 1
     assert 0.75 * result <= counts.collective_bytes["rollout"] <= result
+
+
+def test_every_tpu_slice_has_one_compile_only_device_per_chip():
+    """As its TPU VM shows it: v4 and v5p chips are one device each (megacore), not two."""
+    for name in plan.TPU_TOPOLOGIES:
+        target = plan.Slice.parse(name)
+        assert len(plan.tpu_topology_devices(target)) == target.chips, name

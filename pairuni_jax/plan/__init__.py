@@ -17,6 +17,7 @@ from pairuni_jax.plan.hlo import ProgramCounts, count_program
 from pairuni_jax.plan.model import MeshMismatchError, Plan, make_plan
 from pairuni_jax.plan.report import advice, format_plan, plan_json, write_json
 from pairuni_jax.plan.slices import (
+    TPU_TOPOLOGIES,
     LibtpuBusyError,
     LibtpuMismatchError,
     Slice,
@@ -32,6 +33,7 @@ __all__ = [
     "Plan",
     "ProgramCounts",
     "Slice",
+    "TPU_TOPOLOGIES",
     "UnknownTopologyError",
     "advice",
     "build_abstract_run",

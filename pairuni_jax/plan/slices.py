@@ -142,8 +142,13 @@ def tpu_topology_devices(target: Slice) -> list[jax.Device] | None:
         raise LibtpuMismatchError(problem)
     from jax.experimental import topologies
 
+    # v4 and v5p chips hold two TensorCores that their TPU VMs present as one JAX device
+    # ("megacore"); libtpu's compile-only topology presents them as two unless told.
+    options = {"chip_config_name": "megacore"} if target.chip.name in ("v4", "v5p") else {}
     try:
-        topology = topologies.get_topology_desc(TPU_TOPOLOGIES[target.name], platform="tpu")
+        topology = topologies.get_topology_desc(
+            TPU_TOPOLOGIES[target.name], platform="tpu", **options
+        )
     except jax.errors.JaxRuntimeError as e:
         if "lockfile" not in str(e):
             raise
@@ -151,4 +156,10 @@ def tpu_topology_devices(target: Slice) -> list[jax.Device] | None:
             "another process on this machine holds libtpu (/tmp/libtpu_lockfile). Wait for it, "
             "or, when that process only compiles too, set ALLOW_MULTIPLE_LIBTPU_LOAD=1"
         ) from None
-    return list(topology.devices)
+    devices = list(topology.devices)
+    if len(devices) != target.chips:
+        raise UnknownTopologyError(
+            f"--topology {target.name}: libtpu's {TPU_TOPOLOGIES[target.name]} has "
+            f"{len(devices)} devices, the slice {target.chips} chips"
+        )
+    return devices
