@@ -15,6 +15,7 @@ from pairuni_jax.commands import plan as plan_command
 from pairuni_jax.models import lora
 from pairuni_jax.models.clip import CLIPConfig
 from pairuni_jax.models.janus import Janus, JanusConfig
+from pairuni_jax.plan import report as plan_report
 from pairuni_jax.plan import slices
 from pairuni_jax.run_config import load_run_config
 
@@ -133,6 +134,9 @@ def test_lora_plan_holds_adapters_in_adam_and_counts_no_weight_gradients():
     # Adam's two moments of each trainable parameter, and the same scalars (step, counts).
     scalars = full.arguments["optimizer state"] - 2 * full.arguments["trainable parameters"]
     assert args["optimizer state"] == 2 * adapters + scalars
+    # model.param_dtype=bf16 would halve the fp32 adapters and their moments, not the bf16 base.
+    (estimate,) = (t for knob, t in plan_report.fixes(result) if "param_dtype" in knob)
+    assert estimate == result.total_bytes - (adapters + args["optimizer state"]) // 2
     lora_flops, n = result.analytic, result.num_devices
     assert lora_flops.training < 0.8 * full.analytic.training  # no weight gradients
     assert result.compiled_counts.flops["training"] == pytest.approx(

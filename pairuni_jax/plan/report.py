@@ -152,10 +152,12 @@ def fixes(plan: Plan) -> list[tuple[str, int]]:
     optimizer = args.get("optimizer state", 0)
     out = []
     if c.model.param_dtype == "fp32":
+        # With LoRA the frozen base is stored in model.lora.base_dtype whatever param_dtype says.
+        halved = state - args.get("frozen parameters", 0) if c.model.lora else state
         out.append(
             (
                 "model.param_dtype=bf16 (halves parameters and Adam moments)",
-                total - (state + optimizer) // 2,
+                total - (halved + optimizer) // 2,
             )
         )
     if plan.layout is not DecodeLayout.TRAIN and plan.decode_copy:
