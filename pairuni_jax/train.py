@@ -382,13 +382,20 @@ def decode_layout(
     """``grpo.rollout.layout`` resolved for this mesh and chip (``auto``: from the chip's HBM),
     checked against the rollout rows."""
     r = config.grpo.rollout
-    rows = {
+    hbm = chip.hbm_bytes if chip else None
+    dtype = config.model.dtype.dtype
+    rows = rollout_rows(config, global_pairs)
+    return rollout_layout.resolve(r.layout, model_config, dict(mesh.shape), dtype, hbm, rows)
+
+
+def rollout_rows(config: RunConfig, global_pairs: int) -> dict[str, int]:
+    """The rows the decode loops of a step decode: ``{what: count}``, as ``rollout.layout``
+    checks them."""
+    r = config.grpo.rollout
+    return {
         "answer rows": global_pairs * r.num_und_rollouts,
         "image rows": global_pairs * r.num_gen_rollouts,
     }
-    hbm = chip.hbm_bytes if chip else None
-    dtype = config.model.dtype.dtype
-    return rollout_layout.resolve(r.layout, model_config, dict(mesh.shape), dtype, hbm, rows)
 
 
 def data_for_model(config: RunConfig, model_config: JanusConfig):

@@ -22,6 +22,7 @@ row 7b v5p-8 _train grpo.rollout.layout=train
 row 7b v5e-8 _lora model.lora.rank=16
 row 7b v4-8 _lora model.lora.rank=16
 row 7b v5e-8 _lora_p4 model.lora.rank=16 data.pairs_per_host=4
+row 7b v4-8 _lora_replicated model.lora.rank=16 grpo.rollout.layout=replicated
 row 7b v5e-64 ""
 row 7b v5e-64 _train grpo.rollout.layout=train
 row 7b v4-8 ""

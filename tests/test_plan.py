@@ -2,6 +2,7 @@
 does not fit exits non-zero with advice."""
 
 import argparse
+import dataclasses
 import json
 import re
 
@@ -15,8 +16,9 @@ from pairuni_jax.commands import plan as plan_command
 from pairuni_jax.models import lora
 from pairuni_jax.models.clip import CLIPConfig
 from pairuni_jax.models.janus import Janus, JanusConfig
-from pairuni_jax.plan import report as plan_report
-from pairuni_jax.plan import slices
+from pairuni_jax.plan import model as plan_model
+from pairuni_jax.plan import report, slices
+from pairuni_jax.rollout.layout import DecodeLayout
 from pairuni_jax.run_config import load_run_config
 
 TINY = ["mesh.data=2", "mesh.fsdp=4"]
@@ -135,7 +137,7 @@ def test_lora_plan_holds_adapters_in_adam_and_counts_no_weight_gradients():
     scalars = full.arguments["optimizer state"] - 2 * full.arguments["trainable parameters"]
     assert args["optimizer state"] == 2 * adapters + scalars
     # model.param_dtype=bf16 would halve the fp32 adapters and their moments, not the bf16 base.
-    (estimate,) = (t for knob, t in plan_report.fixes(result) if "param_dtype" in knob)
+    (estimate,) = (t for knob, t in report.fixes(result) if "param_dtype" in knob)
     assert estimate == result.total_bytes - (adapters + args["optimizer state"]) // 2
     lora_flops, n = result.analytic, result.num_devices
     assert lora_flops.training < 0.8 * full.analytic.training  # no weight gradients
@@ -210,6 +212,31 @@ def test_dilated_convolutions_count_only_the_taps_on_real_inputs():
 
     counts = plan.count_program(jax.jit(conv).lower(x, k).compile().as_text(), 1)
     assert counts.flops["rollout"] == 2 * (2 * length - 2) * c_in * c_out
+
+
+def test_plan_names_the_replicated_decode_layout_when_it_would_fit(tiny_plan):
+    """A step that fits with the ``train`` layout while its decode loops gather weights: the plan
+    says what the replicated copy would take (``auto`` only spends a quarter of HBM on it)."""
+    assert tiny_plan.layout is DecodeLayout.REPLICATED  # tiny: auto replicates
+    assert report.faster_decode(tiny_plan) is None
+    gathering = {
+        "answers": plan_model.DecodeTraffic(2**20, 12),
+        "images": plan_model.DecodeTraffic(0, 0),
+    }
+    train = dataclasses.replace(
+        tiny_plan, layout=DecodeLayout.TRAIN, decode_copy=1000, decode_traffic=gathering
+    )
+    with_copy = train.total_bytes - 1000 + tiny_plan.replicated_copy
+    assert tiny_plan.replicated_copy > 1000
+    assert report.faster_decode(train) == with_copy
+    assert "faster: grpo.rollout.layout=replicated" in report.format_plan(train)
+    assert report.plan_json(train)["total_bytes_with_replicated_decode"] == with_copy
+    # It would not fit, the step does not fit, or the loops move no weights: nothing to say.
+    assert report.faster_decode(dataclasses.replace(train, hbm_bytes=with_copy - 1)) is None
+    assert report.faster_decode(dataclasses.replace(train, hbm_bytes=train.total_bytes - 1)) is None
+    quiet = {side: plan_model.DecodeTraffic(0, 0) for side in gathering}
+    assert report.faster_decode(dataclasses.replace(train, decode_traffic=quiet)) is None
+    assert "faster:" not in report.format_plan(dataclasses.replace(train, decode_traffic=quiet))
 
 
 def test_plan_json_has_what_scripts_read(tiny_plan, tmp_path):

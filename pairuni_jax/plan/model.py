@@ -32,6 +32,7 @@ import jax.numpy as jnp
 
 from pairuni_jax import flops as flops_lib
 from pairuni_jax import sharding
+from pairuni_jax import train as train_lib
 from pairuni_jax.flops import Chip
 from pairuni_jax.plan.abstract_run import build_abstract_run
 from pairuni_jax.plan.hlo import Loop, ProgramCounts, count_program
@@ -88,6 +89,7 @@ class Plan:
     memory: Any  # compiled.memory_analysis()
     kv_cache: dict[str, int]  # analytic bytes per device: answers, images
     decode_copy: int  # analytic bytes per device of the decode-layout weights
+    replicated_copy: int | None  # the same for layout=replicated; None: its rows do not split
     analytic: flops_lib.StepFlops  # global
     tokens: dict[str, int]
     compiled_counts: ProgramCounts  # per device
@@ -203,6 +205,20 @@ def _decode_costs(
     return kv, copy, read
 
 
+def _replicated_copy(config: RunConfig, run: Any, mesh_shape: dict[str, int]) -> int | None:
+    """Analytic bytes per device of the ``replicated`` decode copy; None when that layout cannot
+    split the rollout rows over this mesh."""
+    replicated = rollout_layout.DecodeLayout.REPLICATED
+    rows = train_lib.rollout_rows(config, run.batch["und_input_ids"].shape[0])
+    try:
+        rollout_layout.check(replicated, run.model_config, mesh_shape, rows)
+    except ValueError:
+        return None
+    return rollout_layout.copy_bytes(
+        run.model_config, replicated, mesh_shape, config.model.dtype.dtype
+    )
+
+
 def make_plan(
     config: RunConfig,
     devices: list[jax.Device],
@@ -250,6 +266,7 @@ def make_plan(
         memory=memory,
         kv_cache=kv,
         decode_copy=copy,
+        replicated_copy=_replicated_copy(config, run, dict(mesh.shape)),
         analytic=flops_lib.step_flops(shapes, run.model_config, run.hps_config),
         tokens=flops_lib.step_tokens(shapes, run.model_config),
         compiled_counts=counts,

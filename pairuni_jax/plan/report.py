@@ -134,10 +134,32 @@ def format_plan(plan: Plan) -> str:
             f"  {'step':<52}{step:9.2f} s   {c.steps} steps: {_hms(step * c.steps)}; "
             f"{plan.tokens['sampled'] / step / n:.0f} sampled tokens/s per chip"
         )
+    faster = faster_decode(plan)
+    if faster is not None:
+        lines.append(
+            f"  faster: grpo.rollout.layout=replicated (the decode loops read a replicated copy "
+            f"instead of gathering weights per token): about {_size(faster).strip()} "
+            f"({100 * faster / plan.hbm_bytes:.0f}%): fits"
+        )
     lines.append(
         f"\nlowered in {plan.seconds['lower']:.1f} s, compiled in {plan.seconds['compile']:.1f} s"
     )
     return "\n".join(lines)
+
+
+def faster_decode(plan: Plan) -> int | None:
+    """The bytes per device the step would take with the ``replicated`` decode layout (estimated
+    from the table: the decode copy swapped), when the step fits with the ``train`` layout, its
+    decode loops move weights between devices, and the replicated copy would fit too; else None.
+
+    ``auto`` keeps the copy within a quarter of HBM (it decides before any compile); a plan
+    knows the step's own footprint."""
+    if plan.layout is not DecodeLayout.TRAIN or not plan.fits or plan.replicated_copy is None:
+        return None
+    if not any(t.collective_bytes for t in plan.decode_traffic.values()):
+        return None
+    total = plan.total_bytes - plan.decode_copy + plan.replicated_copy
+    return total if total <= plan.hbm_bytes else None
 
 
 def fixes(plan: Plan) -> list[tuple[str, int]]:
@@ -261,7 +283,9 @@ def plan_json(plan: Plan) -> dict[str, Any]:
         "memory_bytes_analytic": {
             "kv_cache": plan.kv_cache,
             "decode_layout_weights": plan.decode_copy,
+            "replicated_decode_layout_weights": plan.replicated_copy,
         },
+        "total_bytes_with_replicated_decode": faster_decode(plan),
         "flops": {
             "analytic": {
                 "per_device": True,
