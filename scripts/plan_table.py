@@ -76,17 +76,26 @@ for sl in ("v5p-8", "v5e-64"):
         )
 print()
 print(
-    "| 7B-LoRA (rank 16, bf16 base) | mesh | GiB/device / HBM | full fine-tuning | fits | step | 1200 steps |"
+    "| 7B-LoRA (rank 16, bf16 base) | mesh | pairs per step | decode layout | GiB/device / HBM | full fine-tuning | fits | per decoded answer token | step | 1200 steps |"
 )
-print("|---|---|---|---|---|---|---|")
-for sl in ("v5e-8", "v5e-16", "v4-8"):
-    d = load(f"7b_{sl}_lora")
+print("|---|---|---|---|---|---|---|---|---|---|")
+for sl, suffix in (
+    ("v5e-8", "_lora"),
+    ("v5e-8", "_lora_p4"),
+    ("v5e-16", "_lora"),
+    ("v4-8", "_lora"),
+    ("v4-8", "_lora_replicated"),
+):
+    d = load(f"7b_{sl}{suffix}")
     f = load(f"7b_{sl}")
     full = f"{gib(f):.2f}" if f else "–"
     if d is None:
-        print(f"| {sl} | not compiled | | {full} | | | |")
+        print(f"| {sl} ({suffix}) | not compiled | | | | {full} | | | | |")
         continue
     m = d["mesh"]
+    t, c = d["collective_bytes"]["per_decoded_token"], d["collectives"]["per_decoded_token"]
     print(
-        f"| {sl} | {m['data']},{m['fsdp']},{m['tensor']} | {gib(d):.2f} / {d['hbm_bytes'] / GIB:.0f} | {full} | {'yes' if d['fits'] else 'no'} | {step(d)} |"
+        f"| {sl} | {m['data']},{m['fsdp']},{m['tensor']} | {d['global_pairs']} | {d['decode_layout']} | "
+        f"{gib(d):.2f} / {d['hbm_bytes'] / GIB:.0f} | {full} | {'yes' if d['fits'] else 'no'} | "
+        f"{t['answers'] / GIB:.1f} GiB in {c['answers']:.0f} | {step(d)} |"
     )
