@@ -41,20 +41,20 @@ def step(d):
 
 
 print(
-    "| model | slice | mesh (data, fsdp, tensor) | decode layout | GiB/device (TPU compiler) / HBM | CPU plan before | fits | step | 1200 steps |"
+    "| model | slice | mesh (data, fsdp, tensor) | pairs per step | decode layout | GiB/device (TPU compiler) / HBM | CPU plan before | fits | step | 1200 steps |"
 )
-print("|---|---|---|---|---|---|---|---|---|")
+print("|---|---|---|---|---|---|---|---|---|---|")
 for model in ("7b", "1b"):
     for sl in ("v5p-8", "v5p-16", "v5e-64", "v6e-8", "v5e-16", "v4-8"):
         d = load(f"{model}_{sl}")
         if d is None:
             print(
-                f"| {model.upper()} | {sl} | not compiled (see below) | | | {CPU.get((model, sl), '–')} | | | |"
+                f"| {model.upper()} | {sl} | not compiled (see below) | | | | {CPU.get((model, sl), '–')} | | | |"
             )
             continue
         m = d["mesh"]
         print(
-            f"| {model.upper()} | {sl} | {m['data']},{m['fsdp']},{m['tensor']} | {d['decode_layout']} | "
+            f"| {model.upper()} | {sl} | {m['data']},{m['fsdp']},{m['tensor']} | {d['global_pairs']} | {d['decode_layout']} | "
             f"{gib(d):.2f} / {d['hbm_bytes'] / GIB:.0f} | {CPU.get((model, sl), '–')} | {'yes' if d['fits'] else 'no'} | {step(d)} |"
         )
 print()
