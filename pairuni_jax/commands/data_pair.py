@@ -14,10 +14,6 @@ from __future__ import annotations
 
 import argparse
 from pathlib import Path
-from typing import TYPE_CHECKING
-
-if TYPE_CHECKING:
-    pass
 
 
 def register(commands: argparse._SubParsersAction) -> None:
