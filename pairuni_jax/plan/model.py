@@ -205,20 +205,6 @@ def _decode_costs(
     return kv, copy, read
 
 
-def _replicated_copy(config: RunConfig, run: Any, mesh_shape: dict[str, int]) -> int | None:
-    """Analytic bytes per device of the ``replicated`` decode copy; None when that layout cannot
-    split the rollout rows over this mesh."""
-    replicated = rollout_layout.DecodeLayout.REPLICATED
-    rows = train_lib.rollout_rows(config, run.batch["und_input_ids"].shape[0])
-    try:
-        rollout_layout.check(replicated, run.model_config, mesh_shape, rows)
-    except ValueError:
-        return None
-    return rollout_layout.copy_bytes(
-        run.model_config, replicated, mesh_shape, config.model.dtype.dtype
-    )
-
-
 def make_plan(
     config: RunConfig,
     devices: list[jax.Device],
@@ -266,7 +252,13 @@ def make_plan(
         memory=memory,
         kv_cache=kv,
         decode_copy=copy,
-        replicated_copy=_replicated_copy(config, run, dict(mesh.shape)),
+        replicated_copy=rollout_layout.possible_copy_bytes(
+            rollout_layout.DecodeLayout.REPLICATED,
+            run.model_config,
+            dict(mesh.shape),
+            config.model.dtype.dtype,
+            train_lib.rollout_rows(config, global_pairs),
+        ),
         analytic=flops_lib.step_flops(shapes, run.model_config, run.hps_config),
         tokens=flops_lib.step_tokens(shapes, run.model_config),
         compiled_counts=counts,

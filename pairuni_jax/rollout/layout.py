@@ -108,13 +108,25 @@ def resolve(
     for candidate in (DecodeLayout.REPLICATED, DecodeLayout.TENSOR):
         if candidate is DecodeLayout.TENSOR and mesh_shape.get("tensor", 1) == 1:
             continue
-        try:
-            check(candidate, model, mesh_shape, rows)
-        except ValueError:
-            continue
-        if budget is None or copy_bytes(model, candidate, mesh_shape, dtype) <= budget:
+        copy = possible_copy_bytes(candidate, model, mesh_shape, dtype, rows)
+        if copy is not None and (budget is None or copy <= budget):
             return candidate
     return DecodeLayout.TRAIN
+
+
+def possible_copy_bytes(
+    layout: DecodeLayout,
+    model: JanusConfig,
+    mesh_shape: dict[str, int],
+    dtype: Any,
+    rows: dict[str, int],
+) -> int | None:
+    """``copy_bytes`` of ``layout``, or None when it cannot lay out these rollouts (``check``)."""
+    try:
+        check(layout, model, mesh_shape, rows)
+    except ValueError:
+        return None
+    return copy_bytes(model, layout, mesh_shape, dtype)
 
 
 def check(layout: DecodeLayout, model: JanusConfig, mesh_shape: dict[str, int], rows: dict) -> None:
