@@ -1,8 +1,8 @@
 #!/usr/bin/env bash
 # README's plan table from the TPU compiler (needs `pip install -e '.[tpu]'`): one `pairuni plan`
 # per row, its JSON kept in OUT (default plans/); rows with a JSON already are skipped, so the
-# script resumes. One compile at a time: a 7B step takes ~27 min and ~17 GB of host memory on
-# 2 CPU cores, a 1B step ~10 min. Then: python scripts/plan_table.py OUT
+# script resumes. One compile at a time: a 7B step takes 9-17 min and ~17 GB of host memory on
+# 2 CPU cores (longer beside other work), a 1B step a few minutes. Then: python scripts/plan_table.py OUT
 set -euo pipefail
 out=${1:-plans}
 mkdir -p "$out"
@@ -25,7 +25,7 @@ row 7b v5e-8 _lora_p4 model.lora.rank=16 data.pairs_per_host=4
 row 7b v4-8 _lora_replicated model.lora.rank=16 grpo.rollout.layout=replicated
 row 7b v5e-64 ""
 row 7b v5e-64 _train grpo.rollout.layout=train
+for slice in v5p-8 v6e-8 v5e-16 v4-8 v5p-16 v5e-64; do row 1b "$slice" ""; done
 row 7b v4-8 ""
 row 7b v5p-16 ""
 row 7b v6e-8 ""
-for slice in v5p-8 v6e-8 v5e-16 v4-8 v5p-16 v5e-64; do row 1b "$slice" ""; done
