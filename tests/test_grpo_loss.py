@@ -49,6 +49,18 @@ def test_grpo_advantages_equal_rewards_give_zero():
     np.testing.assert_allclose(a[1], np_advantages(np.asarray(rewards))[1], rtol=1e-6)
 
 
+@pytest.mark.parametrize("eps", [1e-4, 1e-6])
+@pytest.mark.parametrize("k", [4, 8, 16])
+def test_grpo_advantages_constant_groups_are_exactly_zero(k, eps):
+    """The float32 mean of K equal non-dyadic rewards is inexact on XLA:CPU (0.7 x 8: one ulp),
+    which used to give every member ±6e-4 (eps 1e-4) or ±0.056 (eps 1e-6); now exactly 0."""
+    values = jnp.array([0.7, 0.3, 0.1, 0.2137, 1.0, 0.0], jnp.float32)
+    rewards = jnp.concatenate([jnp.repeat(values[:, None], k, axis=1), jnp.arange(k)[None] / k])
+    a = np.asarray(jax.jit(adv_lib.group_advantages, static_argnums=1)(rewards, eps))
+    np.testing.assert_array_equal(a[:-1], 0.0)
+    np.testing.assert_allclose(a[-1], np_advantages(np.asarray(rewards), eps)[-1], rtol=1e-5)
+
+
 def test_grpo_advantages_one_outlier_match_numpy():
     rewards = np.array([[0.21, 0.22, 0.2, 0.35, 0.21, 0.2, 0.22, 0.21], np.arange(8) / 7.0])
     got = np.asarray(adv_lib.group_advantages(jnp.asarray(rewards), EPS))

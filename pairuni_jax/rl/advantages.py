@@ -25,13 +25,16 @@ def group_advantages(rewards: Array, eps: float = 1e-4, ddof: int = 1) -> Array:
     """A = (r − mean) / (std + eps) within each pair's group.
 
     rewards: float[P, K]. ``ddof=1`` is the unbiased std of torch's ``Tensor.std`` (T2I-R1).
-    A group whose rewards are all equal gets zero advantage (the numerator is exactly zero).
+    A group whose rewards are all equal gets exactly zero advantage: the float32 mean of K equal
+    rewards is not always that reward (0.7 × 8 on XLA:CPU is off by one ulp), and dividing the
+    residue by ``std + eps`` ≈ eps would hand every member the same-signed advantage.
     Returns float32[P, K].
     """
     rewards = rewards.astype(jnp.float32)
     mean = rewards.mean(axis=1, keepdims=True)
     std = rewards.std(axis=1, keepdims=True, ddof=ddof if rewards.shape[1] > ddof else 0)
-    return (rewards - mean) / (std + eps)
+    constant = jnp.all(rewards == rewards[:, :1], axis=1, keepdims=True)
+    return jnp.where(constant, 0.0, (rewards - mean) / (std + eps))
 
 
 def pair_weights(similarity: Array, aligned: Array, weighting: PairWeighting) -> Array:
