@@ -34,6 +34,7 @@ from pairuni_jax.checkpoint import convert as janus_convert
 from pairuni_jax.checkpoint import model_dir
 from pairuni_jax.data.pipeline import PairPipeline
 from pairuni_jax.data.prompts import SpecialIds, load_tokenizer
+from pairuni_jax.logging.curves import draw_run_curves
 from pairuni_jax.logging.metrics import MetricsWriter, format_line
 from pairuni_jax.logging.samples import save_answers, save_image_grid
 from pairuni_jax.models.clip import CLIP, CLIPConfig
@@ -396,6 +397,8 @@ class Trainer:
                         or self.stop_requested
                     ):
                         save_checkpoint(run.checkpoints, step, state, run.data_iter.get_state())
+                        if is_lead():
+                            draw_run_curves(run.run_dir)
                     bar.update()
         finally:
             bar.close()
