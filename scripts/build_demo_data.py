@@ -5,7 +5,7 @@ caption describes it (the generation prompt); multiple-choice questions ask for 
 or count. Half of the pairs are aligned (one scene on both sides, similarity 1.0), half retrieved
 (two different scenes, similarity from the attributes they share, in [0.3, 0.9]).
 
-    python scripts/build_demo_data.py [--out DIR] [--pairs 64] [--seed 0]
+    python scripts/build_demo_data.py [--out DIR] [--pairs 512] [--seed 0]
 """
 
 from __future__ import annotations
@@ -80,15 +80,20 @@ def perturb(scene: Scene, num_changes: int, rng: np.random.Generator) -> Scene:
 
 
 def draw(scene: Scene, rng: np.random.Generator) -> Image.Image:
-    """The scene as a 64x64 RGB image: shapes in distinct cells of a 2x2 grid, jittered."""
+    """The scene as a 64x64 RGB image: shapes centred in distinct cells of a 2x2 grid.
+
+    Sizes and offsets jitter by a few pixels only, so that at the model's 32 px each shape's
+    quarters fall into the four 8 px squares a VQ token covers: a tiny codebook can then spell
+    every scene, and a tiny policy can learn to draw one token by token.
+    """
     image = Image.new("RGB", (IMAGE_SIZE, IMAGE_SIZE), BACKGROUNDS[scene.background])
     canvas = ImageDraw.Draw(image)
     cell = IMAGE_SIZE // 2
-    for slot in rng.permutation(4)[: scene.count]:
-        size = int(rng.integers(14, 22))
-        x0 = (slot % 2) * cell + int(rng.integers(2, cell - size - 1))
-        y0 = (slot // 2) * cell + int(rng.integers(2, cell - size - 1))
-        box = (x0, y0, x0 + size, y0 + size)
+    for slot in sorted(rng.permutation(4)[: scene.count]):
+        size = int(rng.integers(20, 25))
+        x0 = (slot % 2) * cell + (cell - size) // 2 + int(rng.integers(-1, 2))
+        y0 = (slot // 2) * cell + (cell - size) // 2 + int(rng.integers(-1, 2))
+        box = (x0, y0, x0 + size - 1, y0 + size - 1)
         fill = COLOURS[scene.colour]
         if scene.shape == "circle":
             canvas.ellipse(box, fill=fill)
@@ -177,7 +182,7 @@ def build(out: Path, num_pairs: int, seed: int) -> None:
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--out", type=Path, default=DEFAULT_OUT)
-    parser.add_argument("--pairs", type=int, default=64)
+    parser.add_argument("--pairs", type=int, default=512)
     parser.add_argument("--seed", type=int, default=0)
     args = parser.parse_args()
     build(args.out, args.pairs, args.seed)

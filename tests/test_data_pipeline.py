@@ -89,7 +89,7 @@ def test_batch_contract(demo, clip):
 
 def test_demo_report(demo):
     report = demo.report
-    assert (report.records, report.valid, report.aligned, report.retrieved) == (64, 64, 32, 32)
+    assert (report.records, report.valid, report.aligned, report.retrieved) == (512, 512, 256, 256)
     assert report.ok
 
 
@@ -108,9 +108,9 @@ def test_deterministic_for_a_seed(demo, clip):
 
 def test_two_hosts_see_disjoint_shards_covering_the_set(demo):
     host0, host1 = _record_order(demo, _shard(0, 2)), _record_order(demo, _shard(1, 2))
-    assert len(host0) == len(host1) == 32
+    assert len(host0) == len(host1) == 256
     assert not set(host0) & set(host1)
-    assert set(host0) | set(host1) == set(range(64))
+    assert set(host0) | set(host1) == set(range(512))
     # The shards interleave one global shuffled order.
     assert sorted(host0 + host1) == sorted(_record_order(demo))
 
@@ -118,12 +118,12 @@ def test_two_hosts_see_disjoint_shards_covering_the_set(demo):
 def test_epochs_reshuffle_and_unequal_sets_stay_in_step(clip):
     config = pipeline.DataConfig.demo(pairs_per_host=3, num_epochs=2, read_threads=1)
     pipe = pipeline.PairPipeline(config, pipeline.TINY_TOKENIZER, clip)
-    # 128 records over 2 hosts x 3 pairs: 21 global batches each host, 2 records dropped.
+    # 1024 records over 2 hosts x 3 pairs: 170 global batches each host, 4 records dropped.
     orders = [_record_order(pipe, _shard(i, 2)) for i in range(2)]
-    assert len(orders[0]) == len(orders[1]) == 63
+    assert len(orders[0]) == len(orders[1]) == 510
     full = _record_order(pipe)
-    assert len(full) == 126
-    assert full[:64] != full[64:126] and sorted(full[:64]) == list(range(64))
+    assert len(full) == 1023
+    assert full[:512] != full[512:1023] and sorted(full[:512]) == list(range(512))
 
 
 def test_resume_from_iterator_state(demo, clip):
