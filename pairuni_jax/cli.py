@@ -14,6 +14,7 @@ from collections.abc import Sequence
 
 COMMAND_MODULES = (
     "pairuni_jax.commands.train",
+    "pairuni_jax.commands.sft",
     "pairuni_jax.commands.convert",
     "pairuni_jax.commands.generate",
     "pairuni_jax.commands.answer",
@@ -26,7 +27,7 @@ COMMAND_MODULES = (
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="pairuni",
-        description="Pair-GRPO training of Janus-Pro in JAX: train, convert, generate, answer, data, plan.",
+        description="Pair-GRPO training of Janus-Pro in JAX: train, sft, convert, generate, answer, data, plan.",
     )
     subparsers = parser.add_subparsers(dest="command", metavar="COMMAND")
     for name in COMMAND_MODULES:

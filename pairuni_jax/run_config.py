@@ -113,13 +113,16 @@ class RunConfig:
             raise ValueError(f"steps must be >= 1, got {self.steps}")
 
 
-def load_run_config(paths: Sequence[str | Path] = (), overrides: Sequence[str] = ()) -> RunConfig:
+def load_run_config(
+    paths: Sequence[str | Path] = (), overrides: Sequence[str] = (), schema: type = RunConfig
+) -> Any:
     """Defaults, then each YAML file in order (e.g. a model config, then a mesh preset), then
-    the ``key.sub=value`` overrides; validated."""
-    data: dict[str, Any] = config_lib.to_dict(RunConfig())
+    the ``key.sub=value`` overrides; validated. ``schema``: the config dataclass (``RunConfig``;
+    ``sft.SFTRunConfig`` for ``pairuni sft``)."""
+    data: dict[str, Any] = config_lib.to_dict(schema())
     for path in paths:
         data = _merge(data, config_lib.load_yaml(path))
-    return config_lib.build(RunConfig, config_lib.apply_overrides(data, overrides))
+    return config_lib.build(schema, config_lib.apply_overrides(data, overrides))
 
 
 def _merge(base: Any, update: Any) -> Any:

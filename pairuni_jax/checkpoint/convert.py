@@ -320,3 +320,33 @@ def load_model(
     target = model_dir.abstract_like(nnx.to_pure_dict(state), shardings)
     nnx.replace_by_pure_dict(state, model_dir.restore_params(directory, target))
     return nnx.merge(graphdef, state)
+
+
+def save_model(
+    model: Janus,
+    dst: str | Path,
+    *,
+    tokenizer_dir: str | Path | None = None,
+    source: str = "pairuni",
+    overwrite: bool = False,
+) -> Path:
+    """Writes ``model`` as a model directory that ``load_model`` restores (params in their
+    stored dtype, ``config.json``, and the tokenizer files found in ``tokenizer_dir``)."""
+    _check_destination(dst, overwrite)
+    params = jax.tree.map(np.asarray, nnx.to_pure_dict(nnx.state(model)))
+    dtypes = sorted({np.dtype(x.dtype).name for x in jax.tree.leaves(params)})
+    if len(dtypes) != 1:
+        raise ValueError(f"save_model: params must share one dtype, got {dtypes}")
+    meta = {
+        "kind": KIND,
+        "janus": model.config.to_dict(),
+        "dtype": dtypes[0],
+        "source": source,
+        "source_format": "pairuni",
+    }
+    with model_dir.atomic_directory(dst, overwrite=overwrite) as tmp:
+        save_host_params(tmp, params)
+        (tmp / model_dir.CONFIG_FILE).write_text(json.dumps(meta, indent=2, sort_keys=True) + "\n")
+        for file in side_files(Path(tokenizer_dir)) if tokenizer_dir is not None else ():
+            shutil.copy2(file, tmp / file.name)
+    return Path(dst)

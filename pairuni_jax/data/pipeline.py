@@ -23,7 +23,9 @@ S = ``image_size``):
   left-padded; ``gen_attention_mask bool[P, Lg]``;
 - ``hps_input_ids int32[P, 77]``: the generation prompt in the HPS (CLIP) tokenizer;
 - ``similarity float32[P]``; ``pair_weight_aligned bool[P]`` (aligned pair: weight 1);
-- ``record_index int32[P]``: 0-based line number of the record in the JSONL (line - 1).
+- ``record_index int32[P]``: 0-based line number of the record in the JSONL (line - 1);
+- with ``generation_images``: ``gen_pixel_values float32[P, S, S, 3]``, the generation side's
+  image (the target a supervised warm start teaches, ``pairuni sft``).
 
 The iterator is a ``grain.DatasetIterator``: ``get_state()`` returns a small JSON-able dict and
 ``set_state(state)`` on a fresh iterator of the same pipeline resumes with exactly the next batch.
@@ -69,6 +71,7 @@ class DataConfig:
       read_threads: threads per process that prepare batches.
       prefetch_batches: batches prepared ahead per process.
       system_prompt: the understanding system prompt.
+      generation_images: also load each generation side's image (``gen_pixel_values``).
     """
 
     path: str
@@ -85,6 +88,7 @@ class DataConfig:
     read_threads: int = 4
     prefetch_batches: int = 4
     system_prompt: str = prompts.SYSTEM_PROMPT
+    generation_images: bool = False
 
     def __post_init__(self):
         positive = (
@@ -237,13 +241,7 @@ class PairEncoder(grain.transforms.Map):
         gen_ids, gen_mask = prompts.left_pad(
             self.prompts.generation_ids(record.generate.prompt), cfg.max_gen_len, ids.pad
         )
-        try:
-            pixels = images.load_and_preprocess(record.understand.image_path, cfg.image_size)
-        except Exception as e:  # re-raised with the record's location
-            field, kind = "understand_ann.image_path", records.ErrorKind.UNREADABLE_IMAGE
-            message = f"{type(e).__name__}: {e}"
-            issue = records.Issue(kind, record.file, record.line, field, message)
-            raise records.DataError([issue]) from e
+        pixels = self._image(record, "understand_ann", record.understand.image_path)
         hps = np.asarray(self.hps_tokenize([record.generate.prompt]))
         if hps.shape != (1, HPS_CONTEXT_LENGTH):
             raise ValueError(
@@ -262,7 +260,20 @@ class PairEncoder(grain.transforms.Map):
             "similarity": np.float32(record.similarity),
             "pair_weight_aligned": np.bool_(record.aligned),
             "record_index": np.int32(record.line - 1),
-        }
+        } | (
+            {"gen_pixel_values": self._image(record, "generate_ann", record.generate.image_path)}
+            if cfg.generation_images
+            else {}
+        )
+
+    def _image(self, record: records.PairRecord, side: str, path: Path) -> np.ndarray:
+        try:
+            return images.load_and_preprocess(path, self.config.image_size)
+        except Exception as e:  # re-raised with the record's location
+            field, kind = f"{side}.image_path", records.ErrorKind.UNREADABLE_IMAGE
+            message = f"{type(e).__name__}: {e}"
+            issue = records.Issue(kind, record.file, record.line, field, message)
+            raise records.DataError([issue]) from e
 
 
 class PairPipeline:
