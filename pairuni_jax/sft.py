@@ -6,7 +6,7 @@ prompt. A ``uncond_fraction`` of the generation rows see the unconditional promp
 (``[BOS, PAD…, <begin_of_image>]``, as the CFG sampler builds it), so that guidance has an
 unconditional branch to contrast. The loss is
 
-    w_u · mean NLL(answer tokens) + w_g · mean NLL(image tokens).
+    w_u · mean NLL(answer tokens) + w_g · mean NLL(image tokens, both kinds of prompt).
 
 The VQ model is frozen: it is the tokenizer the image targets come from. The same log-prob
 functions score rollouts in the Pair-GRPO step (``rl.policy``), at temperature 1.
@@ -149,15 +149,16 @@ class SFTStep:
             c.logprob_chunk,
         )
         und_nll = -_mean(und_logp, completion_mask)
-        gen_nll = -_mean(gen_logp, ~jnp.broadcast_to(drop, gen_logp.shape))
-        loss = c.understanding_weight * und_nll + c.generation_weight * gen_nll
+        dropped = jnp.broadcast_to(drop, gen_logp.shape)
+        gen_all = -jnp.mean(gen_logp)  # conditional and unconditional rows alike
+        loss = c.understanding_weight * und_nll + c.generation_weight * gen_all
         metrics = {
             "loss": loss,
             "und/nll": und_nll,
-            "gen/nll": gen_nll,
+            "gen/nll": -_mean(gen_logp, ~dropped),
+            "gen/uncond_nll": -_mean(gen_logp, dropped),
             # The probability of sampling the right letter first: expected accuracy at T = 1.
             "und/answer_prob": jnp.mean(jnp.exp(und_logp[:, 0])),
-            "gen/uncond_nll": -_mean(gen_logp, jnp.broadcast_to(drop, gen_logp.shape)),
         }
         return loss, metrics
 

@@ -389,7 +389,9 @@ class Trainer:
                         history.append({"step": step, **values})
                         writer.write(step, values)
                         bar.set_postfix_str(format_line(step, values, keys=LINE_KEYS))
-                    if config.logging.samples_every and step % config.logging.samples_every == 0:
+                    if config.logging.samples_every and (
+                        step == 1 or step % config.logging.samples_every == 0
+                    ):  # the first grid shows where the run starts
                         self._write_samples(step, batch, writer)
                     if (
                         step % config.checkpoint.every == 0

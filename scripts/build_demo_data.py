@@ -2,7 +2,7 @@
 
 Each scene is 1-3 identical shapes of one colour on a plain background, drawn as a 64x64 PNG. A
 caption describes it (the generation prompt); multiple-choice questions ask for its colour, shape
-or count. Half of the pairs are aligned (one scene on both sides, similarity 1.0), half retrieved
+or count, with every possible value as an option in a fixed order. Half of the pairs are aligned (one scene on both sides, similarity 1.0), half retrieved
 (two different scenes, similarity from the attributes they share, in [0.3, 0.9]).
 
     python scripts/build_demo_data.py [--out DIR] [--pairs 512] [--seed 0]
@@ -44,7 +44,8 @@ class Scene:
 
     def caption(self, style: int) -> str:
         noun = self.shape if self.count == 1 else SHAPES[self.shape]
-        things = f"{'a' if self.count == 1 else COUNT_WORDS[self.count]} {self.colour} {noun}"
+        article = "an" if self.colour[0] in "aeiou" else "a"
+        things = f"{article if self.count == 1 else COUNT_WORDS[self.count]} {self.colour} {noun}"
         templates = (
             "{} on a {} background",
             "a picture of {} on a plain {} background",
@@ -106,27 +107,27 @@ def draw(scene: Scene, rng: np.random.Generator) -> Image.Image:
     return image
 
 
-def question(scene: Scene, kind: str, rng: np.random.Generator) -> tuple[str, str]:
-    """A multiple-choice question about ``kind`` and its answer letter; 3 or 4 options."""
+def question(scene: Scene, kind: str) -> tuple[str, str]:
+    """A multiple-choice question about ``kind`` and its answer letter.
+
+    The options are every value of the attribute in one fixed order, so that the answer depends
+    on the image alone: a tiny model learns to see the answer long before it could learn to
+    read shuffled options."""
     if kind == "colour":
-        stem, truth, pool = "What colour are the shapes in the image?", scene.colour, list(COLOURS)
+        stem, truth, options = "What colour are the shapes in the image?", scene.colour, COLOURS
     elif kind == "shape":
-        stem, truth, pool = "Which shape is drawn in the image?", scene.shape, list(SHAPES)
+        stem, truth, options = "Which shape is drawn in the image?", scene.shape, SHAPES
     else:
-        stem, truth = "How many shapes are in the image?", str(scene.count)
-        pool = ["1", "2", "3", "4"]
-    num_options = min(len(pool), int(rng.integers(3, 5)))
-    distractors = [option for option in pool if option != truth]
-    options = [truth] + list(rng.choice(distractors, size=num_options - 1, replace=False))
-    options = [options[i] for i in rng.permutation(num_options)]
-    letters = [chr(ord("A") + i) for i in range(num_options)]
+        stem, truth, options = "How many shapes are in the image?", str(scene.count), "1234"
+    options = list(options)
+    letters = [chr(ord("A") + i) for i in range(len(options))]
     lines = [f"{letter}. {option}" for letter, option in zip(letters, options, strict=True)]
     text = stem + "\n" + "\n".join(lines) + "\n\n" + INSTRUCTION
     return text, letters[options.index(truth)]
 
 
 def annotation(scene: Scene, path: str, kind: str, tag: str, rng: np.random.Generator) -> dict:
-    text, answer = question(scene, kind, rng)
+    text, answer = question(scene, kind)
     prompt = scene.caption(int(rng.integers(0, 3)))
     return {"image_path": path, "prompt": prompt, "question": text, "answer": answer, "tag": tag}
 
