@@ -300,7 +300,7 @@ def build_abstract_run(config: RunConfig, mesh: jax.sharding.Mesh, hosts: int = 
     train_lib.check_rollout_rows(config, mesh, global_pairs)
 
     m = config.model
-    dtype, param_dtype = train_lib.DTYPES[m.dtype], train_lib.DTYPES[m.param_dtype]
+    dtype, param_dtype = m.dtype.dtype, m.param_dtype.dtype
     policy = nnx.eval_shape(
         lambda: Janus(
             model_config,
@@ -321,7 +321,7 @@ def build_abstract_run(config: RunConfig, mesh: jax.sharding.Mesh, hosts: int = 
     state = _abstract(state, sharding.tree_shardings(state, mesh))
 
     hps = nnx.eval_shape(
-        lambda: CLIP(hps_config, dtype=train_lib.DTYPES[config.reward.dtype], rngs=nnx.Rngs(0))
+        lambda: CLIP(hps_config, dtype=config.reward.dtype.dtype, rngs=nnx.Rngs(0))
     )
     hps_graphdef, hps_params = nnx.split(hps)
     ids, (open_tag, close_tag) = _special_ids_and_tags(config, model_config)
@@ -647,7 +647,7 @@ def make_plan(
     global_pairs = run.batch["und_input_ids"].shape[0]
     shapes = flops_lib.StepShapes.from_run_config(config, global_pairs)
     r = config.grpo.rollout
-    dtype = train_lib.DTYPES[config.model.dtype]
+    dtype = config.model.dtype.dtype
     b_u = global_pairs * r.num_und_rollouts
     b_g = global_pairs * r.num_gen_rollouts
     image_tokens = model.num_generated_image_tokens
@@ -660,7 +660,7 @@ def make_plan(
         ),
     }
     t = model.text
-    param_bytes = jnp.dtype(train_lib.DTYPES[config.model.param_dtype]).itemsize
+    param_bytes = jnp.dtype(config.model.param_dtype.dtype).itemsize
     tensor = mesh.shape["tensor"]
     layers = t.num_layers * flops_lib.llm_layer_params(t)
     text_head = t.hidden_size * t.vocab_size

@@ -15,12 +15,14 @@ from typing import Any
 
 from pairuni_jax import config as config_lib
 from pairuni_jax.data.pipeline import DataConfig
+from pairuni_jax.dtypes import DType
+from pairuni_jax.logging.wandb_writer import WandbConfig
+from pairuni_jax.models.stack import RematPolicy
 from pairuni_jax.rl.optimizer import OptimizerConfig
 from pairuni_jax.rl.train_step import GRPOConfig, RolloutConfig
 from pairuni_jax.sharding import MeshConfig
 
 ASSETS = Path(__file__).parent / "assets"
-DTYPES = ("fp32", "bf16")
 
 
 @dataclasses.dataclass(frozen=True)
@@ -32,17 +34,10 @@ class ModelSection:
     preset: str = "tiny"
     init_seed: int = 0
     tokenizer: str | None = None  # default: the model directory, or the bundled tiny tokenizer
-    dtype: str = "fp32"  # compute dtype: bf16 on accelerators
-    param_dtype: str = "fp32"
+    dtype: DType = DType.FP32  # compute dtype: bf16 on accelerators
+    param_dtype: DType = DType.FP32
     scan_layers: bool = True
-    remat: str = "full"  # none | full | dots, for the teacher-forced training forward
-
-    def __post_init__(self):
-        for name in ("dtype", "param_dtype"):
-            if getattr(self, name) not in DTYPES:
-                raise ValueError(f"{name} must be one of {DTYPES}, got {getattr(self, name)!r}")
-        if self.remat not in ("none", "full", "dots"):
-            raise ValueError(f"remat must be none, full or dots, got {self.remat!r}")
+    remat: RematPolicy = RematPolicy.FULL  # for the teacher-forced training forward
 
 
 @dataclasses.dataclass(frozen=True)
@@ -53,7 +48,7 @@ class RewardSection:
     path: str | None = None
     init_seed: int = 1
     clip_tokenizer: str | None = None  # default: the reward directory, or the bundled CLIP files
-    dtype: str = "fp32"
+    dtype: DType = DType.FP32
     understanding: dict[str, float] = dataclasses.field(
         default_factory=lambda: {"accuracy": 1.0, "format": 0.0}
     )
@@ -62,8 +57,6 @@ class RewardSection:
     option_letters: str = "ABCDEFGH"
 
     def __post_init__(self):
-        if self.dtype not in DTYPES:
-            raise ValueError(f"dtype must be one of {DTYPES}, got {self.dtype!r}")
         if self.answer_tag is not None and len(self.answer_tag) != 2:
             raise ValueError(f"answer_tag must be [open, close], got {self.answer_tag!r}")
 
@@ -81,6 +74,7 @@ class LoggingSection:
     samples_every: int = 10  # steps between image grids / answer files
     tensorboard: bool = True
     peak_tflops: float | None = None  # per-chip bf16 peak for MFU; None: from the device kind
+    wandb: WandbConfig | None = None  # {project, entity, mode}: also log to Weights & Biases
 
 
 def demo_data() -> DataConfig:

@@ -45,12 +45,12 @@ from pairuni_jax.rewards.hps import load_reward_model
 from pairuni_jax.rewards.registry import RewardWeights
 from pairuni_jax.rl import optimizer as opt_lib
 from pairuni_jax.rl import rewards as rl_rewards
+from pairuni_jax.rl.rollout_data import StepSamples
 from pairuni_jax.rl.train_step import TrainState, TrainStep, init_train_state
 from pairuni_jax.rollout.image import ImageSettings
 from pairuni_jax.rollout.text import TextSettings
 from pairuni_jax.run_config import ASSETS, ModelSection, RewardSection, RunConfig
 
-DTYPES = {"fp32": jnp.float32, "bf16": jnp.bfloat16}
 TINY_TOKENIZER = ASSETS / "tiny_tokenizer"
 CLIP_TOKENIZER = ASSETS / "clip_tokenizer"
 LINE_KEYS = ("und/reward_mean", "gen/reward_mean", "und/accuracy", "gen/hps", "grad_norm")
@@ -75,8 +75,8 @@ def load_policy(
 ) -> tuple[Janus, Path]:
     """The policy, sharded on ``mesh``, and the directory of its tokenizer files."""
     kw = dict(
-        dtype=DTYPES[section.dtype],
-        param_dtype=DTYPES[section.param_dtype],
+        dtype=section.dtype.dtype,
+        param_dtype=section.param_dtype.dtype,
         scan_layers=section.scan_layers,
         remat=section.remat,
     )
@@ -101,7 +101,7 @@ def load_policy(
 
 def load_hps(section: RewardSection, mesh: jax.sharding.Mesh) -> tuple[CLIP, Path]:
     """The frozen HPS model, sharded on ``mesh``, and the directory of its CLIP tokenizer."""
-    dtype = DTYPES[section.dtype]
+    dtype = section.dtype.dtype
     if section.path is None:
         model = random_module(
             lambda: CLIP(CLIPConfig.tiny(), dtype=dtype, rngs=nnx.Rngs(0)), section.init_seed, mesh
@@ -356,6 +356,8 @@ class Trainer:
             is_lead=is_lead(),
             tensorboard=config.logging.tensorboard,
             start_step=run.start_step + 1 if run.start_step else None,
+            wandb=config.logging.wandb,
+            config=config_lib.to_dict(config),
         )
         previous = signal.signal(signal.SIGTERM, self._request_stop)
         rng = jax.random.key(config.seed)
@@ -369,7 +371,7 @@ class Trainer:
                 while step < config.steps and not self.stop_requested:
                     batch = self._next_batch()
                     start = time.perf_counter()
-                    state, metrics = run.step_fn(state, batch, rng)
+                    state, metrics, samples = run.step_fn(state, batch, rng)
                     step += 1
                     if step % config.logging.every == 0 or step == config.steps:
                         values = {k: float(v) for k, v in jax.device_get(metrics).items()}
@@ -392,7 +394,7 @@ class Trainer:
                     if config.logging.samples_every and (
                         step == 1 or step % config.logging.samples_every == 0
                     ):  # the first grid shows where the run starts
-                        self._write_samples(step, batch, writer)
+                        self._write_samples(step, batch, samples, writer)
                     if (
                         step % config.checkpoint.every == 0
                         or step == config.steps
@@ -424,22 +426,24 @@ class Trainer:
             for k, v in local.items()
         }
 
-    def _write_samples(self, step: int, batch: dict, writer: MetricsWriter) -> None:
-        samples = jax.device_get(self.run.step_fn.last_samples)
-        if not is_lead() or samples is None:
+    def _write_samples(
+        self, step: int, batch: dict, samples: StepSamples, writer: MetricsWriter
+    ) -> None:
+        if not is_lead():
             return
+        samples = jax.device_get(samples)
         record = self.run.pipeline.record(
             int(np.asarray(batch["record_index"].addressable_data(0))[0])
         )
         prompt = record.generate.prompt
-        captions = [f"{prompt} | hps {r:.3f}" for r in samples["image_rewards"]]
+        captions = [f"{prompt} | hps {r:.3f}" for r in samples.image_rewards]
         directory = self.run.run_dir / "samples"
         directory.mkdir(exist_ok=True)
-        grid = save_image_grid(directory / f"step_{step:06d}.png", samples["images"], captions)
+        grid = save_image_grid(directory / f"step_{step:06d}.png", samples.images, captions)
         writer.image(step, "samples/images", grid)
         answers = []
         for tokens, mask, reward in zip(
-            samples["answers"], samples["answer_mask"], samples["answer_rewards"]
+            samples.answers, samples.answer_mask, samples.answer_rewards
         ):
             text = self.run.tokenizer.decode(tokens[mask], skip_special_tokens=True)
             answers.append(

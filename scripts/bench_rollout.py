@@ -17,8 +17,12 @@ warm-up. Each measurement is repeated ``--repeats`` times, alternating the frame
 from other processes hits both alike, and the best time of each is reported. The process is pinned
 to ``--threads`` cores (default: all it may use) and torch uses as many threads.
 
+- call overhead: a compiled function of the model that does almost nothing, called through
+  ``nnx.jit`` (which copies the whole module state out after each call in flax 0.12) and through
+  ``jax.jit`` over the split state (what ``sample_*_jit`` do), in ms per call.
+
     python scripts/bench_rollout.py [--threads 2] [--batch 16] [--answer-tokens 64] \\
-        [--answers-per-prompt 1 8] [--repeats 2] [--only images|answers]
+        [--answers-per-prompt 1 8] [--repeats 2] [--only images|answers|overhead]
 """
 
 from __future__ import annotations
@@ -40,7 +44,7 @@ def parse_args() -> argparse.Namespace:
         help="answer groups to time (1: every answer its own prompt; 8: K_u of PairUni-1B)",
     )
     parser.add_argument("--repeats", type=int, default=2, help="best of this many runs")
-    parser.add_argument("--only", choices=("images", "answers"), default=None)
+    parser.add_argument("--only", choices=("images", "answers", "overhead"), default=None)
     return parser.parse_args()
 
 
@@ -201,6 +205,30 @@ def bench_answers(hf, model, batch: int, new_tokens: int, per_prompt: int) -> No
     compare(name, run_jax, run_torch, warm_up_torch=lambda: run_torch(new=2))
 
 
+def bench_overhead(model, calls: int = 20) -> None:
+    """ms per call of ``x + 1`` next to the model's state: the entry point's own cost."""
+    x = jnp.ones((8,), jnp.float32)
+    via_nnx = nnx.jit(lambda m, x: x + 1)
+    via_state = jax.jit(lambda graphdef, state, x: x + 1, static_argnums=0)
+
+    def per_call(fn) -> float:
+        fn().block_until_ready()  # compile
+        start = time.perf_counter()
+        for _ in range(calls):
+            out = fn()
+        out.block_until_ready()
+        return (time.perf_counter() - start) / calls * 1e3
+
+    nnx_ms = per_call(lambda: via_nnx(model, x))
+    state_ms = per_call(lambda: via_state(*nnx.split(model), x))
+    size = sum(v.nbytes for v in jax.tree.leaves(nnx.state(model))) / 1e6
+    print(
+        f"call overhead ({size:.0f} MB of params): nnx.jit {nnx_ms:.1f} ms | jax.jit over the "
+        f"split state {state_ms:.1f} ms | nnx/jax = {nnx_ms / state_ms:.1f}x",
+        flush=True,
+    )
+
+
 def main() -> None:
     torch.set_num_threads(ARGS.threads)
     print(
@@ -209,6 +237,8 @@ def main() -> None:
         flush=True,
     )
     hf, model = build_models()
+    if ARGS.only in (None, "overhead"):
+        bench_overhead(model)
     if ARGS.only in (None, "images"):
         bench_images(hf, model, ARGS.batch)
     if ARGS.only in (None, "answers"):

@@ -76,11 +76,11 @@ def main() -> None:
     compiled = step.lower(state, batch, jax.random.key(0)).compile()
     compile_s = time.perf_counter() - start
     mem = compiled.memory_analysis()
-    state, metrics = step(state, batch, jax.random.key(0))  # warm-up (same program)
+    state, metrics, _ = step(state, batch, jax.random.key(0))  # warm-up (same program)
     jax.block_until_ready(metrics)
     start = time.perf_counter()
     for i in range(args.steps):
-        state, metrics = step(state, batch, jax.random.key(i + 1))
+        state, metrics, _ = step(state, batch, jax.random.key(i + 1))
     jax.block_until_ready(metrics)
     step_s = (time.perf_counter() - start) / args.steps
     rows = args.pairs * args.k

@@ -11,6 +11,7 @@ from jax.sharding import PartitionSpec as P
 
 from pairuni_jax import sharding
 from pairuni_jax.models.clip import CLIP, CLIPConfig
+from pairuni_jax.models.stack import RematPolicy
 from tests.clip_reference import jax_clip_from, tiny_open_clip
 
 TOL = 1e-5
@@ -50,7 +51,7 @@ def test_text_features_parity(models):
 
 def test_remat_gives_the_same_gradients(models):
     reference, model = models
-    rematted = jax_clip_from(reference, CLIPConfig.tiny(), remat=True)
+    rematted = jax_clip_from(reference, CLIPConfig.tiny(), remat=RematPolicy.FULL)
     pixels = np.random.default_rng(1).normal(size=(2, 224, 224, 3)).astype(np.float32)
     loss = lambda m, x: jnp.sum(m.encode_image(x) ** 2)  # noqa: E731
     g_plain = jax.grad(loss, argnums=1)(model, pixels)

@@ -180,3 +180,50 @@ def test_encode_prompts_matches_in_graph_features(reward_dir):
     assert got.shape == (3, 32) and got.dtype == np.float32
     np.testing.assert_allclose(got, np.asarray(want), atol=1e-6, rtol=0)
     np.testing.assert_allclose(np.linalg.norm(got, axis=-1), 1.0, atol=1e-6)
+
+
+FAMILY = dict(  # ViT-H-14's head widths (vision 80, text 64) at other widths and depths
+    embed_dim=24,
+    vision_cfg=dict(image_size=224, layers=3, width=160, head_width=80, patch_size=14, mlp_ratio=2),
+    text_cfg=dict(context_length=77, vocab_size=49408, width=128, heads=2, layers=1),
+)
+
+
+def test_sizes_come_from_the_tensors(tmp_path, capsys):
+    """An open_clip ViT-H-14-family model of other widths converts without a preset, and
+    scores like open_clip (so the heads, which the tensors do not show, are right too)."""
+    torch.manual_seed(5)
+    model = open_clip.model.CLIP(**FAMILY).eval()
+    with torch.no_grad():
+        for param in model.parameters():
+            param.add_(0.1 * torch.randn_like(param))
+    path = tmp_path / "family.pt"
+    torch.save({"state_dict": _state(model)}, path)
+    dst = tmp_path / "reward"
+    assert convert_entry.main([str(path), str(dst)]) == 0
+    assert "width 160, 2 heads" in capsys.readouterr().out
+    config = CLIPConfig.from_dict(model_dir.read_config(dst)["clip"])
+    assert (config.embed_dim, config.vision.width, config.vision.layers) == (24, 160, 3)
+    assert (config.vision.heads, config.vision.mlp_dim, config.text.heads) == (2, 320, 2)
+
+    reference = open_clip.model.CLIP(**FAMILY).eval()
+    reference.load_state_dict({k: v.float() for k, v in _state(model).items()})
+    ids = clip_text.clip_token_ids(clip_text.load_clip_tokenizer(dst), TOKENIZER_PROMPTS[:2])
+    pixels = np.random.default_rng(2).uniform(-1, 1, (2, 384, 384, 3)).astype(np.float32)
+    got = jax.jit(hps_score)(load_reward_model(dst), pixels, text_ids=ids)
+    np.testing.assert_allclose(np.asarray(got), reference_hps(reference, pixels, ids), atol=1e-5)
+
+    assert convert_entry.main([str(path), str(tmp_path / "x"), "--preset", "vit_h_14"]) == 1
+    err = capsys.readouterr().err
+    assert err.startswith("error: ") and "vision.width 160 (expected 1280)" in err
+
+
+def test_heads_of_other_head_widths_are_asked_for(source, tmp_path, capsys):
+    _, path = source  # TINY: vision head width 16, text 12
+    assert convert_entry.main([str(path), str(tmp_path / "a")]) == 1
+    assert "--vision-heads" in capsys.readouterr().err
+    dst = tmp_path / "b"
+    assert (
+        convert_entry.main([str(path), str(dst), "--vision-heads", "4", "--text-heads", "4"]) == 0
+    )
+    assert CLIPConfig.from_dict(model_dir.read_config(dst)["clip"]) == CLIPConfig.tiny()

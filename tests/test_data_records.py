@@ -191,15 +191,94 @@ def test_all_issues_of_one_record_are_reported(data_dir):
     bad = copy.deepcopy(GOOD)
     bad["similarity"] = 2.0
     bad["understand_ann"]["answer"] = "Z"
-    del bad["generate_ann"]["tag"]
+    del bad["generate_ann"]["prompt"]
     path = _write(data_dir / "pairs.jsonl", [json.dumps(bad)])
     _, report = records.scan_jsonl(path, on_error="skip")
     assert {(i.kind, i.field) for i in report.issues} == {
         (ErrorKind.SIMILARITY_OUT_OF_RANGE, "similarity"),
         (ErrorKind.ANSWER_NOT_AN_OPTION, "understand_ann.answer"),
-        (ErrorKind.MISSING_FIELD, "generate_ann.tag"),
+        (ErrorKind.MISSING_FIELD, "generate_ann.prompt"),
     }
     assert report.skipped == 1
+
+
+def _without(rec, *paths):
+    rec = copy.deepcopy(rec)
+    for path in paths:
+        rec = _set(path, _DELETE)(rec)
+    return rec
+
+
+def test_pair_halves_without_completions_are_valid(data_dir):
+    """A retrieved pair needs only what training reads: the generation prompt and the
+    understanding image, question and answer. Absent (or null) optional fields are fine."""
+    bare = _without(
+        GOOD,
+        "generate_ann.image_path",
+        "generate_ann.question",
+        "generate_ann.answer",
+        "generate_ann.tag",
+        "understand_ann.prompt",
+        "understand_ann.tag",
+    )
+    nulls = copy.deepcopy(GOOD)
+    nulls["generate_ann"].update(question=None, answer=None)
+    nulls["understand_ann"]["prompt"] = None
+    path = _write(data_dir / "pairs.jsonl", [json.dumps(bare), json.dumps(nulls)])
+    index, report = records.scan_jsonl(path)
+    assert report.ok and report.valid == 2 and len(index) == 2
+    record = _record(bare, data_dir)
+    assert record.generate.image_path is None and record.generate.question is None
+    assert record.understand.prompt is None and record.understand.answer_index == 1
+    assert record.aligned is False
+    assert dict(report.generate_tags) == {records.NO_TAG: 1, "gen_tag": 1}
+
+
+@pytest.mark.parametrize(
+    "field", ["generate_ann.prompt", "understand_ann.image_path", "understand_ann.question"]
+)
+def test_fields_training_reads_are_required(data_dir, field):
+    path = _write(data_dir / "pairs.jsonl", [json.dumps(_without(GOOD, field))])
+    with pytest.raises(records.DataError) as info:
+        records.scan_jsonl(path)
+    assert (info.value.issues[0].kind, info.value.issues[0].field) == (
+        ErrorKind.MISSING_FIELD,
+        field,
+    )
+
+
+@pytest.mark.parametrize(
+    "mutation, kind, field",
+    [
+        (
+            _set("generate_ann.question", "no options here"),
+            ErrorKind.INVALID_OPTIONS,
+            "generate_ann.question",
+        ),
+        (_set("generate_ann.question", _DELETE), ErrorKind.MISSING_FIELD, "generate_ann.question"),
+        (_set("generate_ann.answer", _DELETE), ErrorKind.MISSING_FIELD, "generate_ann.answer"),
+        (_set("understand_ann.prompt", " "), ErrorKind.EMPTY_TEXT, "understand_ann.prompt"),
+        (_set("understand_ann.tag", 7), ErrorKind.WRONG_TYPE, "understand_ann.tag"),
+        (
+            _set("generate_ann.image_path", "images/nope.png"),
+            ErrorKind.MISSING_IMAGE,
+            "generate_ann.image_path",
+        ),
+    ],
+    ids=[
+        "gen_question_options",
+        "gen_answer_alone",
+        "gen_question_alone",
+        "und_caption_empty",
+        "tag_type",
+        "gen_image_missing",
+    ],
+)
+def test_optional_fields_are_checked_when_present(data_dir, mutation, kind, field):
+    path = _write(data_dir / "pairs.jsonl", [json.dumps(mutation(copy.deepcopy(GOOD)))])
+    with pytest.raises(records.DataError) as info:
+        records.scan_jsonl(path)
+    assert (info.value.issues[0].kind, info.value.issues[0].field) == (kind, field)
 
 
 def test_invalid_on_error_value(data_dir):

@@ -93,7 +93,7 @@ def test_generate_writes_the_images_of_the_rollout(tiny_dir, tmp_path, capsys):
         model, ids, jnp.ones(ids.shape, bool), jax.random.key(5), settings
     )
     assert len({tuple(row) for row in np.asarray(rollout.tokens)}) == 3
-    want = np.asarray(nnx.jit(image_rollout.decode_images)(model, rollout.tokens))
+    want = np.asarray(image_rollout.decode_images_jit(model, rollout.tokens))
     np.testing.assert_array_equal(written, want)
     assert "tokens/s" in capsys.readouterr().out
 

@@ -156,7 +156,7 @@ def test_grpo_chunked_logprobs_equal_full_log_softmax():
     hidden = jnp.asarray(rng.normal(size=(3, 11, 8)), jnp.float32)
     w = jnp.asarray(rng.normal(size=(8, 50)), jnp.float32)
     targets = jnp.asarray(rng.integers(0, 50, size=(3, 11)))
-    logp, ent = logprobs_lib.token_logprobs(
+    logp, ent = logprobs_lib.chunked_logprobs_and_entropy(
         hidden, targets, lambda h: h @ w, temperature=0.7, chunk_size=4
     )
     full = jax.nn.log_softmax((hidden @ w) / 0.7, axis=-1)

@@ -9,15 +9,14 @@ import pytest
 from PIL import Image
 
 from pairuni_jax.logging import (
-    EventWriter,
     MetricsWriter,
-    crc32c,
+    TensorBoardWriter,
+    WandbConfig,
     format_line,
     image_grid,
     save_answers,
     save_image_grid,
 )
-from pairuni_jax.logging.tensorboard import masked_crc32c
 
 
 def _accumulator(logdir):
@@ -35,67 +34,30 @@ def _scalar_points(acc, tag):
     return [(e.step, e.value) for e in acc.Scalars(tag)]
 
 
-@pytest.mark.parametrize(
-    "data, expected",
-    [
-        (b"", 0x00000000),
-        (b"a", 0xC1D04330),
-        (b"123456789", 0xE3069283),
-        (bytes(32), 0x8A9136AA),  # RFC 3720 B.4: 32 bytes of zeros
-        (b"\xff" * 32, 0x62A8AB43),  # 32 bytes of ones
-        (bytes(range(32)), 0x46DD794E),  # incrementing
-        (bytes(range(31, -1, -1)), 0x113FDB5C),  # decrementing
-    ],
-)
-def test_crc32c_known_vectors(data, expected):
-    assert crc32c(data) == expected
-
-
-def test_masked_crc32c_matches_tensorboard():
-    reference = pytest.importorskip(
-        "tensorboard.compat.tensorflow_stub.pywrap_tensorflow"
-    ).masked_crc32c
-
-    data = np.random.default_rng(0).integers(0, 256, 1000, np.uint8).tobytes()
-    assert masked_crc32c(data) == reference(data)
-
-
-def test_event_writer_read_back_by_tensorboard(tmp_path):
+def test_tensorboard_writer_read_back_by_tensorboard(tmp_path):
     rng = np.random.default_rng(0)
     image = rng.integers(0, 256, (20, 30, 3), np.uint8)
-    with EventWriter(tmp_path) as writer:
-        writer.scalars(0, {"loss": 1.5, "reward/mean": -0.25})
-        writer.scalars(7, {"loss": 0.125, "reward/mean": 3e-5})
-        writer.scalars(2**40, {"loss": 2.0})  # multi-byte varint step
-        writer.image(7, "samples", image)
-        writer.image(8, "grey", image[..., :1])
-    assert writer.path.name.startswith("events.out.tfevents.")
+    writer = TensorBoardWriter(tmp_path)
+    writer.scalars(0, {"loss": 1.5, "reward/mean": -0.25})
+    writer.scalars(7, {"loss": 0.125, "reward/mean": 3e-5})
+    writer.image(7, "samples", image)
+    writer.close()
+    assert len(list(tmp_path.glob("events.out.tfevents.*"))) == 1
 
     acc = _accumulator(tmp_path)
-    assert acc.file_version == 2.0
-    assert _scalar_points(acc, "loss") == [(0, 1.5), (7, 0.125), (2**40, 2.0)]
+    assert _scalar_points(acc, "loss") == [(0, 1.5), (7, 0.125)]
     assert _scalar_points(acc, "reward/mean") == [(0, -0.25), (7, np.float32(3e-5))]
     (event,) = acc.Images("samples")
     assert (event.step, event.height, event.width) == (7, 20, 30)
     decoded = np.asarray(Image.open(io.BytesIO(event.encoded_image_string)))
     np.testing.assert_array_equal(decoded, image)
-    (grey,) = acc.Images("grey")
-    assert (grey.step, grey.height, grey.width) == (8, 20, 30)
 
 
-def test_corrupted_event_file_fails_tensorboard_crc_check(tmp_path):
-    with EventWriter(tmp_path) as writer:
-        writer.scalars(1, {"loss": 1.0})
-        writer.scalars(2, {"loss": 2.0})
-    data = bytearray(writer.path.read_bytes())
-    data[-6] ^= 0x01  # inside the last record's payload
-    writer.path.write_bytes(bytes(data))
-    assert _scalar_points(_accumulator(tmp_path), "loss") == [(1, 1.0)]
-
-
-def test_event_writer_rejects_bad_image(tmp_path):
-    with EventWriter(tmp_path) as writer, pytest.raises(ValueError, match="'bad'.*float32"):
+def test_tensorboard_writer_rejects_bad_image(tmp_path):
+    writer = TensorBoardWriter(tmp_path)
+    with pytest.raises(ValueError, match="'bad'.*float32"):
         writer.image(0, "bad", np.zeros((4, 4, 3), np.float32))
+    writer.close()
 
 
 def test_metrics_writer_jsonl_and_tensorboard(tmp_path):
@@ -203,3 +165,32 @@ def test_save_answers(tmp_path):
         "answer: <answer> B\nreward: 1\n\n"
         "# 2\nquestion: How many circles?\nanswer: three\nreward: 0.1235\n"
     )
+
+
+def test_wandb_offline_run_gets_scalars_and_images(tmp_path):
+    """``logging.wandb`` with ``mode: offline``: no network, the run is written under
+    RUN_DIR/wandb, and a resumed writer continues the same W&B run id."""
+    settings = WandbConfig(project="pairuni-test", mode="offline")
+    grid = np.random.default_rng(1).integers(0, 256, (16, 24, 3), np.uint8)
+    with MetricsWriter(tmp_path, tensorboard=False, wandb=settings, config={"steps": 3}) as w:
+        w.write(1, {"und/reward_mean": 0.5})
+        w.image(1, "samples/images", grid)
+    run_id = (tmp_path / "wandb_run_id").read_text().strip()
+    (run_dir,) = (tmp_path / "wandb").glob(f"offline-run-*-{run_id}")
+    data = (run_dir / f"run-{run_id}.wandb").read_bytes()
+    assert b"und/reward_mean" in data and b"pairuni-test" in data
+    (png,) = (run_dir / "files" / "media" / "images" / "samples").glob("images_1_*.png")
+    np.testing.assert_array_equal(np.asarray(Image.open(png)), grid)
+    with MetricsWriter(tmp_path, tensorboard=False, wandb=settings, start_step=2) as resumed:
+        resumed.write(2, {"und/reward_mean": 0.75})
+    assert len(list((tmp_path / "wandb").glob(f"offline-run-*-{run_id}"))) >= 1
+    assert (tmp_path / "wandb_run_id").read_text().strip() == run_id
+
+
+def test_wandb_section_of_the_run_config():
+    from pairuni_jax.run_config import load_run_config
+
+    config = load_run_config([], ["logging.wandb={project: p, mode: offline}"])
+    assert config.logging.wandb == WandbConfig(project="p", entity=None, mode="offline")
+    with pytest.raises(ValueError, match="logging.wandb.mode"):
+        load_run_config([], ["logging.wandb={project: p, mode: sometimes}"])

@@ -201,8 +201,10 @@ def test_cache_segments_do_not_change_the_samples(models, segments):
     want = _rollout(model, ids, mask, settings, seed=5)
     got = _rollout(model, ids, mask, dataclasses.replace(settings, cache_segments=segments), 5)
     np.testing.assert_array_equal(got.tokens, want.tokens)
-    np.testing.assert_allclose(got.log_probs, want.log_probs, atol=1e-5, rtol=1e-5)
-    np.testing.assert_allclose(got.cond_log_probs, want.cond_log_probs, atol=1e-5, rtol=1e-5)
+    # The attention reductions run over caches of other lengths, so the sums associate in another
+    # order: fp32 noise of a few 1e-5 on log-probs of order 1 (as in the test above).
+    np.testing.assert_allclose(got.log_probs, want.log_probs, atol=5e-5, rtol=1e-5)
+    np.testing.assert_allclose(got.cond_log_probs, want.cond_log_probs, atol=5e-5, rtol=1e-5)
 
 
 def test_samples_per_prompt_share_one_prefill_and_equal_repeated_prompts(models):
@@ -232,7 +234,7 @@ def test_image_token_count_comes_from_config(models):
     out = _rollout(model, ids, mask, ImageSettings(pad_id=PAD))
     assert out.tokens.shape == out.log_probs.shape == (1, 36)
     assert ((0 <= out.tokens) & (out.tokens < config.vq.num_embeddings)).all()
-    pixels = np.asarray(nnx.jit(image_rollout.decode_images)(model, jnp.asarray(out.tokens)))
+    pixels = np.asarray(image_rollout.decode_images_jit(model, jnp.asarray(out.tokens)))
     assert pixels.shape == (1, 48, 48, 3) and pixels.dtype == np.uint8
 
 

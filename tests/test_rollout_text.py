@@ -135,7 +135,7 @@ def test_sampled_log_probs_parity_with_teacher_forced_forward(models):
         logits = hf.lm_head(hidden).numpy()
     s = ids.shape[1]
     want = np.asarray(
-        sampling.token_log_probs(
+        sampling.rule_log_probs(
             jnp.asarray(logits[:, s - 1 : -1]), jnp.asarray(got.tokens), settings.rule
         )
     )

@@ -83,9 +83,7 @@ def test_sigterm_saves_a_usable_checkpoint(tmp_path):
             os.kill(os.getpid(), signal.SIGTERM)
         return out
 
-    trainer.run.step_fn = type(
-        "Wrapped", (), {"__call__": staticmethod(step_then_signal), "last_samples": None}
-    )()
+    trainer.run.step_fn = type("Wrapped", (), {"__call__": staticmethod(step_then_signal)})()
     assert threading.current_thread() is threading.main_thread()
     history = trainer.run_steps()
     assert len(history) == 2

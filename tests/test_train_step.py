@@ -16,6 +16,7 @@ from pairuni_jax.rewards.accuracy import OptionLetterTable
 from pairuni_jax.rewards.registry import RewardWeights
 from pairuni_jax.rl import advantages as adv_lib
 from pairuni_jax.rl import rewards as rl_rewards
+from pairuni_jax.rl.rollout_data import GenerationRollouts, UnderstandingRollouts
 from tests import train_fixtures as fx
 
 
@@ -52,7 +53,9 @@ def test_full_step_on_mesh_runs_changes_params_and_is_deterministic(mesh):
     with jax.set_mesh(mesh):
         state, on_mesh = _on_mesh(mesh, state, batch)
         for _ in range(2):  # the state is donated: run from a fresh copy each time
-            new_state, metrics = step(jax.tree.map(jnp.copy, state), on_mesh, jax.random.key(0))
+            new_state, metrics, samples = step(
+                jax.tree.map(jnp.copy, state), on_mesh, jax.random.key(0)
+            )
             runs.append(jax.tree.map(float, metrics))
     metrics = runs[0]
     assert all(np.isfinite(v) for v in metrics.values()), metrics
@@ -78,13 +81,19 @@ def test_full_step_on_mesh_runs_changes_params_and_is_deterministic(mesh):
     # At the first inner step the policy is the sampler: teacher-forced log-probs match.
     assert metrics["und/logp_gap"] < 1e-4 and metrics["gen/logp_gap"] < 1e-4
     assert metrics["und/clip_fraction"] == 0.0
+    # The previews are the first pair's K_g images and K_u answers, with their rewards.
+    k_u, k_g = config.rollout.num_und_rollouts, config.rollout.num_gen_rollouts
+    assert samples.images.shape == (k_g, 32, 32, 3) and samples.images.dtype == jnp.uint8
+    assert samples.answers.shape == (k_u, config.rollout.max_new_tokens)
+    assert samples.answer_mask.shape == samples.answers.shape
+    assert samples.image_rewards.shape == (k_g,) and samples.answer_rewards.shape == (k_u,)
 
 
 def _reward_means(step, state, batch, keys):
     """Mean reward of each side for rollouts of ``state``'s policy (no update kept)."""
     values = []
     for key in keys:
-        _, metrics = step(jax.tree.map(jnp.copy, state), batch, key)
+        _, metrics, _ = step(jax.tree.map(jnp.copy, state), batch, key)
         values.append((float(metrics["und/reward_mean"]), float(metrics["gen/reward_mean"])))
     return np.array(values)
 
@@ -104,7 +113,7 @@ def test_learn_raises_both_rewards_above_noise():
     noise = start.std(axis=0)
     num_steps = 20
     for i in range(num_steps):
-        state, _ = step(state, batch, jax.random.key(i))
+        state, _, _ = step(state, batch, jax.random.key(i))
     end = _reward_means(step, state, batch, [jax.random.key(200 + i) for i in range(4)])
     gain = end.mean(axis=0) - start.mean(axis=0)
     print(
@@ -120,35 +129,38 @@ def _fixed_rollouts(step, state, batch, seed=0, offset=0.05):
     c = step.config
     ku, kg = c.rollout.num_und_rollouts, c.rollout.num_gen_rollouts
     rep = lambda x, k: jnp.repeat(jnp.asarray(x), k, axis=0)  # noqa: E731
-    und = {
-        "prompt_ids": rep(batch["und_input_ids"], ku),
-        "prompt_mask": rep(batch["und_attention_mask"], ku),
-        "pixel_values": rep(batch["und_pixel_values"], ku),
-    }
-    rows_u = und["prompt_ids"].shape[0]
-    und["completion"] = jnp.asarray(
-        rng.integers(6, fx.CONFIG.text.vocab_size, (rows_u, 6)), jnp.int32
+    rows_u, rows_g = batch["und_input_ids"].shape[0] * ku, batch["gen_input_ids"].shape[0] * kg
+    und_mask = jnp.asarray(np.arange(6)[None] < rng.integers(2, 7, (rows_u, 1)))
+    und = UnderstandingRollouts(
+        prompt_ids=rep(batch["und_input_ids"], ku),
+        prompt_mask=rep(batch["und_attention_mask"], ku),
+        pixel_values=rep(batch["und_pixel_values"], ku),
+        completion=jnp.asarray(rng.integers(6, fx.CONFIG.text.vocab_size, (rows_u, 6)), jnp.int32),
+        mask=und_mask,
+        old_logp=jnp.zeros(und_mask.shape),
+        advantages=jnp.asarray(rng.normal(size=rows_u), jnp.float32),
+        ref_logp=None,
     )
-    und["mask"] = jnp.asarray(np.arange(6)[None] < rng.integers(2, 7, (rows_u, 1)))
-    gen = {
-        "prompt_ids": rep(batch["gen_input_ids"], kg),
-        "prompt_mask": rep(batch["gen_attention_mask"], kg),
-    }
-    rows_g = gen["prompt_ids"].shape[0]
-    gen["tokens"] = jnp.asarray(
-        rng.integers(0, fx.CONFIG.vq.num_embeddings, (rows_g, fx.CONFIG.vq.num_tokens)), jnp.int32
+    image_shape = (rows_g, fx.CONFIG.vq.num_tokens)
+    gen = GenerationRollouts(
+        prompt_ids=rep(batch["gen_input_ids"], kg),
+        prompt_mask=rep(batch["gen_attention_mask"], kg),
+        completion=jnp.asarray(
+            rng.integers(0, fx.CONFIG.vq.num_embeddings, image_shape), jnp.int32
+        ),
+        mask=jnp.ones(image_shape, bool),
+        old_logp=jnp.zeros(image_shape),
+        advantages=jnp.asarray(rng.normal(size=rows_g), jnp.float32),
+        ref_logp=None,
     )
-    gen["mask"] = jnp.ones(gen["tokens"].shape, bool)
     model = step._model(state.params, state.frozen)
-    und["old_logp"] = step._answer_logprobs(model, und)[0] + offset * rng.normal(
-        size=und["mask"].shape
+    und = und.replace(
+        old_logp=step._answer_logprobs(model, und)[0] + offset * rng.normal(size=und.mask.shape)
     )
-    gen["old_logp"] = step._image_logprobs(model, gen)[0] + offset * rng.normal(
-        size=gen["mask"].shape
+    gen = gen.replace(
+        old_logp=step._image_logprobs(model, gen)[0] + offset * rng.normal(size=gen.mask.shape)
     )
-    und["advantages"] = jnp.asarray(rng.normal(size=rows_u), jnp.float32)
-    gen["advantages"] = jnp.asarray(rng.normal(size=rows_g), jnp.float32)
-    dens = (und["mask"].sum().astype(jnp.float32), gen["mask"].sum().astype(jnp.float32))
+    dens = (und.mask.sum().astype(jnp.float32), gen.mask.sum().astype(jnp.float32))
     return und, gen, dens
 
 
@@ -203,9 +215,9 @@ def test_grpo_similarity_weight_scales_pair_gradient(tiny_step):
     rewards = jnp.array([[1.0, 0.0]])
     grads = []
     for w in weights:
-        und_w = dict(und, advantages=adv_lib.weighted_advantages(rewards, w[None]).reshape(-1))
-        gen_w = dict(
-            gen, advantages=adv_lib.weighted_advantages(rewards[:, ::-1], w[None]).reshape(-1)
+        und_w = und.replace(advantages=adv_lib.weighted_advantages(rewards, w[None]).reshape(-1))
+        gen_w = gen.replace(
+            advantages=adv_lib.weighted_advantages(rewards[:, ::-1], w[None]).reshape(-1)
         )
         grads.append(_loss_and_grad(step, state, und_w, gen_w, dens)(state.params)[1])
     ratios = [
@@ -233,7 +245,7 @@ def test_grpo_step_with_kl_guided_logprobs_accumulation_and_inner_iterations():
     )
     step, state = fx.build_step(config, *fx.low_token_rewards(512, 32), lr=1e-2)
     assert state.ref_params is not None
-    new_state, metrics = step(state, fx.as_jax(fx.synthetic_batch(2)), jax.random.key(3))
+    new_state, metrics, _ = step(state, fx.as_jax(fx.synthetic_batch(2)), jax.random.key(3))
     metrics = jax.tree.map(float, metrics)
     assert all(np.isfinite(v) for v in metrics.values()), metrics
     assert metrics["und/kl"] < 1e-6 and metrics["gen/kl"] < 1e-6

@@ -18,6 +18,7 @@ from transformers.models.janus.configuration_janus import JanusVQVAEConfig
 from transformers.models.janus.modeling_janus import JanusVQVAE
 
 from pairuni_jax import sharding
+from pairuni_jax.models.stack import RematPolicy
 from pairuni_jax.models.vq import VQConfig, VQModel, to_uint8
 
 TOL = 1e-4
@@ -219,7 +220,7 @@ def test_remat_and_bf16_parity(tiny):
         return jnp.mean(m.decode_tokens(tokens).astype(jnp.float32) ** 2)
 
     grads = nnx.jit(nnx.grad(loss))(model)
-    grads_remat = nnx.jit(nnx.grad(loss))(variant(remat=True))
+    grads_remat = nnx.jit(nnx.grad(loss))(variant(remat=RematPolicy.FULL))
     jax.tree.map(
         lambda a, b: np.testing.assert_allclose(a, b, rtol=1e-5, atol=1e-7),
         nnx.to_pure_dict(grads),

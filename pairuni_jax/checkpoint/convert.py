@@ -21,6 +21,7 @@ from __future__ import annotations
 import json
 import re
 import shutil
+import sys
 from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
@@ -30,16 +31,16 @@ import jax.numpy as jnp
 import numpy as np
 import orbax.checkpoint as ocp
 from flax import nnx
-from jax.sharding import Mesh, SingleDeviceSharding
+from jax.sharding import Mesh
 from tqdm import tqdm
 
-from pairuni_jax import sharding
 from pairuni_jax.checkpoint import hf_config, hf_reader, hf_writer, janus_mapping, model_dir
 from pairuni_jax.checkpoint.hf_reader import TRANSFORMERS
+from pairuni_jax.dtypes import DType
 from pairuni_jax.models.janus import Janus, JanusConfig
+from pairuni_jax.models.stack import RematPolicy
 
 KIND = "janus"
-DTYPES = {"bf16": np.dtype(jnp.bfloat16), "fp32": np.dtype(np.float32)}
 DEFAULT_MAX_SHARD_SIZE = "5GB"
 # Copied verbatim in both directions when present.
 SIDE_FILES = (
@@ -55,11 +56,7 @@ SIDE_FILE_PATTERNS = ("chat_template*",)
 
 
 def _dtype(name: str | None) -> np.dtype | None:
-    if name is None:
-        return None
-    if name not in DTYPES:
-        raise ValueError(f"unsupported dtype {name!r}: expected one of {', '.join(DTYPES)}")
-    return DTYPES[name]
+    return None if name is None else DType.parse(name).dtype
 
 
 def _check_destination(dst: str | Path, overwrite: bool) -> None:
@@ -143,7 +140,13 @@ def hf_to_orbax(
         shapes, ckpt.config, ckpt.format, str(ckpt.directory / hf_reader.CONFIG_FILE)
     )
     if target_dtype is None:
-        target_dtype = DTYPES["bf16" if ckpt.stored_dtypes() == {"BF16"} else "fp32"]
+        target_dtype = (DType.BF16 if ckpt.stored_dtypes() == {"BF16"} else DType.FP32).dtype
+    if config.tie_word_embeddings:
+        print(
+            f"{ckpt.directory}: no lm_head.weight and tie_word_embeddings is true: the LM head is "
+            f"the token embeddings (as transformers loads it), and stays tied on export",
+            file=sys.stderr,
+        )
     abstract = abstract_params(config, target_dtype)
     plan = _plan(abstract, shapes, ckpt)
     params = jax.tree.map(lambda s: np.empty(s.shape, s.dtype), abstract)
@@ -290,7 +293,7 @@ def load_model(
     dtype: Any = jnp.float32,
     param_dtype: Any = None,
     scan_layers: bool = True,
-    remat: str = "none",
+    remat: RematPolicy = RematPolicy.NONE,
 ) -> Janus:
     """Restores a Janus model directory into a ``Janus`` module.
 
@@ -311,15 +314,7 @@ def load_model(
             rngs=nnx.Rngs(0),
         )
     )
-    graphdef, state = nnx.split(abstract)
-    if mesh is not None:
-        shardings = nnx.to_pure_dict(sharding.state_shardings(state, mesh))
-    else:
-        device = SingleDeviceSharding(jax.devices()[0])
-        shardings = jax.tree.map(lambda _: device, nnx.to_pure_dict(state))
-    target = model_dir.abstract_like(nnx.to_pure_dict(state), shardings)
-    nnx.replace_by_pure_dict(state, model_dir.restore_params(directory, target))
-    return nnx.merge(graphdef, state)
+    return model_dir.restore_module(directory, abstract, mesh)
 
 
 def save_model(

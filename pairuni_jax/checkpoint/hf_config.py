@@ -259,6 +259,7 @@ def from_checkpoint(
         **{f: v for f, (v, _) in sizes.items()},
     }
     _resolve_heads(values, declared, where)
+    values["tie_word_embeddings"] = tied_embeddings(shapes, config, fmt)
     factor = 2 ** (len(values["vq.channel_multiplier"]) - 1)
     grid = values.pop("vq.grid_size", None)
     values.setdefault("vq.image_size", grid * factor if grid else values["vision.image_size"])
@@ -266,6 +267,21 @@ def from_checkpoint(
         return JanusConfig.from_dict(_nest(values))
     except ValueError as e:
         raise CheckpointError(f"{where}: {e}") from e
+
+
+def tied_embeddings(
+    shapes: Mapping[str, tuple[int, ...]], config: Mapping[str, Any], fmt: str
+) -> bool:
+    """Whether the LM head is the token embeddings, as transformers decides when loading: tied
+    when config.json asks for it and the checkpoint stores no ``lm_head.weight`` (with both
+    tensors stored, they are loaded as they are). Unstated, transformers' ``JanusConfig`` ties
+    and DeepSeek's ``LlamaConfig`` does not."""
+    if fmt == TRANSFORMERS:
+        stated = config.get("tie_word_embeddings", True)
+    else:
+        stated = config.get("language_config", {}).get("tie_word_embeddings", False)
+        stated = config.get(PAIRUNI_KEY, {}).get("tie_word_embeddings", stated)
+    return bool(stated) and "lm_head.weight" not in shapes
 
 
 def _resolve_heads(
@@ -357,7 +373,7 @@ def transformers_config(config: JanusConfig, dtype: str) -> Any:
         vision_config=vision,
         vq_config=vq,
         image_token_id=config.image_token_id,
-        tie_word_embeddings=False,
+        tie_word_embeddings=config.tie_word_embeddings,
     )
     hf.architectures = ["JanusForConditionalGeneration"]
     hf.dtype = dtype
@@ -394,6 +410,7 @@ def deepseek_config(config: JanusConfig, dtype: str) -> dict[str, Any]:
             "rms_norm_eps": t.rms_norm_eps,
             "rope_theta": t.rope_theta,
             "max_position_embeddings": t.max_position_embeddings,
+            "tie_word_embeddings": config.tie_word_embeddings,
             "torch_dtype": dtype,
         },
         "vision_config": {

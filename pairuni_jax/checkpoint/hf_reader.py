@@ -8,8 +8,10 @@ or as torch pickles (``pytorch_model.bin``, or shards listed in ``pytorch_model.
 
 Tensors are read one at a time, and shapes and dtypes come from the file headers alone:
 
-- safetensors: plain positioned reads into a fresh array, no memory map, so what was already
-  converted does not stay resident;
+- safetensors: the header is read and validated by ``safetensors.safe_open`` (which also checks
+  that the tensors cover the file exactly); the data is read with plain positioned reads into a
+  fresh array, not through ``safe_open``'s memory map, so what was already converted does not
+  stay resident (``scripts/bench_convert.py`` measures the peak);
 - ``.bin``: ``torch.load(mmap=True, weights_only=True)``; the pages of a tensor are handed back
   to the kernel once it has been copied (``madvise``), for the same reason. torch is imported
   only here, so it is needed only for ``.bin`` checkpoints.
@@ -26,8 +28,8 @@ import dataclasses
 import json
 import math
 import mmap
+import pickle
 import re
-import struct
 import zipfile
 from collections.abc import Iterator
 from pathlib import Path
@@ -83,14 +85,25 @@ class TensorInfo:
 
 
 def resolve_source(src: str | Path) -> Path:
-    """A local checkpoint directory, or a hub id (``owner/name``) fetched with huggingface_hub."""
+    """A local checkpoint directory, or a hub id (``owner/name``) fetched with huggingface_hub.
+
+    A path that does not exist is taken for a hub id only when it has the ``owner/name`` form and
+    nothing local claims it: it does not start with ``.``, ``/`` or ``~`` and ``owner`` is not a
+    local directory (``ckpts/janus`` beside an existing ``ckpts/`` is a mistyped path).
+    """
     path = Path(src)
     if path.exists():
         if not path.is_dir():
             raise CheckpointError(f"{path} is not a checkpoint directory (it is a file)")
         return path
-    if not _HUB_ID.fullmatch(str(src)):
+    text = str(src)
+    if not _HUB_ID.fullmatch(text) or text.startswith((".", "~")):
         raise CheckpointError(f"{src}: no such directory")
+    if Path(path.parts[0]).is_dir():
+        raise CheckpointError(
+            f"{src}: no such directory ({path.parts[0]}/ exists here, so it is not taken for "
+            f"a Hugging Face hub repo id)"
+        )
     from huggingface_hub import snapshot_download
 
     try:
@@ -172,11 +185,6 @@ class HFCheckpoint:
             for key in sorted(keys, key=lambda k: self.tensors[k].start):
                 info = self.tensors[key]
                 out = np.empty(info.shape, DTYPES[info.dtype])
-                if out.nbytes != info.end - info.start:
-                    raise CheckpointError(
-                        f"{file}: tensor {key!r} holds {info.end - info.start} bytes, "
-                        f"expected {out.nbytes} for {info.dtype}{list(info.shape)}"
-                    )
                 _read_exactly(f, info.start, out, f"{file}: tensor {key!r}")
                 yield key, out
 
@@ -271,28 +279,46 @@ def _read_headers(directory: Path) -> dict[str, TensorInfo]:
 
 
 def _safetensors_header(file: Path) -> dict[str, TensorInfo]:
-    """The header of a safetensors file: 8-byte little-endian length, then JSON."""
-    size = file.stat().st_size
-    with open(file, "rb") as f:
-        prefix = f.read(8)
-        length = struct.unpack("<Q", prefix)[0] if len(prefix) == 8 else -1
-        if not 0 < length <= size - 8:
-            raise CheckpointError(f"{file}: not a safetensors file (bad header length)")
-        try:
-            header = json.loads(f.read(length))
-        except (json.JSONDecodeError, UnicodeDecodeError) as e:
-            raise CheckpointError(f"{file}: not a safetensors file ({e})") from e
-    header.pop("__metadata__", None)
-    data = 8 + length
-    infos = {}
-    for key, entry in header.items():
-        begin, end = entry["data_offsets"]
-        if not 0 <= begin <= end <= size - data:
-            raise CheckpointError(f"{file}: tensor {key!r} lies outside the file (truncated?)")
-        infos[key] = TensorInfo(
-            file, tuple(entry["shape"]), entry["dtype"], data + begin, data + end
-        )
-    return infos
+    """Every tensor of a safetensors file, in key order, from its header (``safe_open``).
+
+    ``safe_open`` checks that the entries tile the data section exactly, in offset order, so a
+    tensor's byte range is the running sum of the sizes before it, counted back from the end of
+    the file.
+    """
+    from safetensors import SafetensorError, safe_open
+
+    try:
+        with safe_open(file, framework="numpy") as f:
+            infos = [(key, f.get_slice(key)) for key in f.offset_keys()]
+            entries = [(key, tuple(s.get_shape()), s.get_dtype()) for key, s in infos]
+    except SafetensorError as e:
+        raise CheckpointError(f"{file}: {_safetensors_problem(str(e))} ({e})") from e
+    sizes = [math.prod(shape) * _itemsize(file, key, dtype) for key, shape, dtype in entries]
+    start = file.stat().st_size - sum(sizes)
+    out = {}
+    for (key, shape, dtype), size in zip(entries, sizes, strict=True):
+        out[key] = TensorInfo(file, shape, dtype, start, start + size)
+        start += size
+    return out
+
+
+def _safetensors_problem(message: str) -> str:
+    """What a ``SafetensorError`` means for a user."""
+    if "not fully covered" in message:
+        return "truncated, or followed by extra bytes: its header does not cover the file"
+    if "header too small" in message or "header too large" in message:
+        return "not a safetensors file (no valid header length)"
+    return "not a valid safetensors file (malformed header)"
+
+
+_ITEMSIZES = {"BOOL": 1, "U8": 1, "I8": 1, "F8_E4M3": 1, "F8_E5M2": 1, "I16": 2, "U16": 2}
+_ITEMSIZES |= {"F16": 2, "BF16": 2, "I32": 4, "U32": 4, "F32": 4, "I64": 8, "U64": 8, "F64": 8}
+
+
+def _itemsize(file: Path, key: str, dtype: str) -> int:
+    if dtype not in _ITEMSIZES:
+        raise CheckpointError(f"{file}: tensor {key!r} has unknown dtype {dtype}")
+    return _ITEMSIZES[dtype]
 
 
 def _read_exactly(f, offset: int, out: np.ndarray, what: str) -> None:
@@ -310,6 +336,9 @@ def _read_exactly(f, offset: int, out: np.ndarray, what: str) -> None:
 # -- torch pickles ------------------------------------------------------------------------------
 
 
+_ZIP_MAGIC = b"PK\x03\x04"
+
+
 def _torch_load(file: Path) -> dict[str, Any]:
     try:
         import torch
@@ -317,12 +346,24 @@ def _torch_load(file: Path) -> dict[str, Any]:
         raise CheckpointError(
             f"{file}: reading .bin checkpoints needs PyTorch (pip install torch)"
         ) from e
+    with open(file, "rb") as f:
+        magic = f.read(4)
+    if magic != _ZIP_MAGIC:
+        if magic[:1] == b"\x80":  # a pickle: torch.save's legacy format
+            raise CheckpointError(
+                f"{file}: legacy (non-zip) torch format, which cannot be memory-mapped; "
+                f"re-save it with torch.save or convert it to safetensors"
+            )
+        raise CheckpointError(f"{file}: not a torch checkpoint (no zip or pickle header)")
     if not zipfile.is_zipfile(file):
         raise CheckpointError(
-            f"{file}: legacy (non-zip) torch format, which cannot be memory-mapped; "
-            f"re-save it with torch.save or convert it to safetensors"
+            f"{file}: truncated or corrupt torch checkpoint (a zip file without its central "
+            f"directory, which is written last)"
         )
-    state = torch.load(file, map_location="cpu", mmap=True, weights_only=True)
+    try:
+        state = torch.load(file, map_location="cpu", mmap=True, weights_only=True)
+    except (RuntimeError, pickle.UnpicklingError, EOFError, zipfile.BadZipFile) as e:
+        raise CheckpointError(f"{file}: unreadable torch checkpoint ({e})") from e
     if not isinstance(state, dict) or not all(torch.is_tensor(v) for v in state.values()):
         raise CheckpointError(f"{file}: expected a flat state dict of tensors")
     return state

@@ -2,37 +2,30 @@
 
 Tensors are produced one at a time by callables and written straight to disk: the header of a
 shard is computed from the declared shapes first, then each tensor's bytes follow, so no shard is
-ever assembled in memory. The layout is the safetensors format (8-byte little-endian header
-length, a JSON header padded to 8 bytes, then the data) that ``safetensors`` and transformers read.
+ever assembled in memory. Which tensor goes to which file is huggingface_hub's split (the one
+``save_pretrained`` uses), planned from the declared sizes. The layout is the safetensors format
+(8-byte little-endian header length, a JSON header padded to 8 bytes, then the data) that
+``safetensors`` and transformers read.
 """
 
 from __future__ import annotations
 
 import dataclasses
 import json
-import re
 import struct
 from collections.abc import Callable, Sequence
 from pathlib import Path
 
 import numpy as np
+from huggingface_hub import StateDictSplit, split_state_dict_into_shards_factory
+from huggingface_hub.serialization._base import parse_size_to_int
 from tqdm import tqdm
 
 from pairuni_jax.checkpoint import janus_mapping
 
 SAFETENSORS_NAMES = {"bfloat16": "BF16", "float16": "F16", "float32": "F32"}
-SINGLE_FILE = "model.safetensors"
+FILENAME_PATTERN = "model{suffix}.safetensors"  # model.safetensors, model-00001-of-00002...
 INDEX_FILE = "model.safetensors.index.json"
-_UNITS = {
-    "": 1,
-    "B": 1,
-    "KB": 10**3,
-    "MB": 10**6,
-    "GB": 10**9,
-    "KIB": 2**10,
-    "MIB": 2**20,
-    "GIB": 2**30,
-}
 
 
 @dataclasses.dataclass(frozen=True)
@@ -50,27 +43,23 @@ class OutTensor:
 
 
 def parse_size(size: int | str) -> int:
-    """Bytes from ``5GB`` / ``500MB`` / ``2GiB`` / ``1000`` (decimal units, as transformers)."""
-    if isinstance(size, int):
-        return size
-    m = re.fullmatch(r"\s*(\d+)\s*([KMG]I?B|B)?\s*", size.upper())
-    if not m or int(m.group(1)) <= 0:
-        raise ValueError(f"invalid size {size!r}: expected e.g. 5GB, 500MB, 2GiB or a byte count")
-    return int(m.group(1)) * _UNITS[m.group(2) or ""]
+    """Bytes from an int or ``5GB`` / ``500MB`` / ``1.5TB`` (decimal units, huggingface_hub's
+    ``parse_size_to_int``, as ``save_pretrained`` reads ``max_shard_size``)."""
+    value = size if isinstance(size, int) else parse_size_to_int(size)
+    if value <= 0:
+        raise ValueError(f"invalid size {size!r}: must be positive")
+    return value
 
 
-def plan_shards(tensors: Sequence[OutTensor], max_shard_size: int) -> list[list[OutTensor]]:
-    """Consecutive tensors grouped into shards of at most ``max_shard_size`` bytes each
-    (a larger single tensor gets a shard of its own)."""
-    shards: list[list[OutTensor]] = [[]]
-    size = 0
-    for t in tensors:
-        if shards[-1] and size + t.nbytes > max_shard_size:
-            shards.append([])
-            size = 0
-        shards[-1].append(t)
-        size += t.nbytes
-    return shards
+def plan_shards(tensors: Sequence[OutTensor], max_shard_size: int) -> StateDictSplit:
+    """Which file each tensor goes to, from the declared sizes alone (no tensor is produced):
+    huggingface_hub's split, so shard names and the index match ``save_pretrained``'s."""
+    return split_state_dict_into_shards_factory(
+        {t.key: t for t in tensors},
+        get_storage_size=lambda t: t.nbytes,
+        filename_pattern=FILENAME_PATTERN,
+        max_shard_size=max_shard_size,
+    )
 
 
 def write_safetensors(
@@ -111,20 +100,12 @@ def write_checkpoint(
 ) -> list[Path]:
     """Writes ``model.safetensors``, or ``model-0000i-of-0000n.safetensors`` shards plus
     ``model.safetensors.index.json`` when the tensors exceed ``max_shard_size`` bytes."""
-    shards = plan_shards(tensors, max_shard_size)
-    n = len(shards)
-    names = (
-        [SINGLE_FILE] if n == 1 else [f"model-{i + 1:05d}-of-{n:05d}.safetensors" for i in range(n)]
-    )
+    split = plan_shards(tensors, max_shard_size)
+    by_key = {t.key: t for t in tensors}
     with tqdm(total=len(tensors), unit="tensor", desc="writing", disable=not progress) as bar:
-        for name, shard in zip(names, shards, strict=True):
-            write_safetensors(directory / name, shard, bar)
-    if n > 1:
-        index = {
-            "metadata": {"total_size": sum(t.nbytes for t in tensors)},
-            "weight_map": {
-                t.key: name for name, shard in zip(names, shards, strict=True) for t in shard
-            },
-        }
+        for name, keys in split.filename_to_tensors.items():
+            write_safetensors(directory / name, [by_key[k] for k in keys], bar)
+    if split.is_sharded:
+        index = {"metadata": split.metadata, "weight_map": split.tensor_to_filename}
         (directory / INDEX_FILE).write_text(json.dumps(index, indent=2) + "\n")
-    return [directory / name for name in names]
+    return [directory / name for name in split.filename_to_tensors]

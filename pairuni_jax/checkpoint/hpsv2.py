@@ -25,6 +25,7 @@ from __future__ import annotations
 import dataclasses
 import gzip
 import importlib.util
+import math
 import re
 import tempfile
 import zipfile
@@ -36,7 +37,7 @@ import numpy as np
 from flax import nnx
 
 from pairuni_jax.checkpoint import model_dir
-from pairuni_jax.models.clip import CLIP, CLIPConfig
+from pairuni_jax.models.clip import CLIP, CLIPConfig, TextConfig, VisionConfig
 
 REWARD_KIND = "hpsv2"
 BPE_FILE = "bpe_simple_vocab_16e6.txt.gz"
@@ -91,6 +92,9 @@ BLOCK: dict[str, tuple[tuple[str, ...], Transform]] = {
 }
 TOWER_PREFIX = {"visual": "visual.", "text": ""}
 IGNORED = frozenset({"logit_scale"})
+# Attention heads are not visible in the tensors. ViT-H-14's head widths (open_clip: vision
+# head_width 80; text 1024 wide with 16 heads) give them for its family at any width.
+HEAD_WIDTHS = {"vision": 80, "text": 64}
 BLOCK_KEY = re.compile(r"(visual\.)?transformer\.resblocks\.(\d+)\.(.+)")
 
 
@@ -104,18 +108,92 @@ def convert_hpsv2(
     config: CLIPConfig | None = None,
     bpe_path: str | Path | None = None,
     overwrite: bool = False,
-) -> Path:
-    """Converts ``src`` (.pt) into the Orbax reward directory ``dst``; returns ``dst``.
+    *,
+    heads: tuple[int | None, int | None] = (None, None),
+) -> tuple[Path, CLIPConfig]:
+    """Converts ``src`` (.pt) into the Orbax reward directory ``dst``; returns it and the config.
 
-    config: the architecture (default ViT-H-14); every tensor is checked against it.
+    config: the architecture the checkpoint must have (a preset); None: the sizes come from the
+      tensors (``config_from_state_dict``). Either way every tensor is checked.
+    heads: (vision, text) attention heads when ``config`` is None (None: ViT-H-14's head widths).
     bpe_path: ``bpe_simple_vocab_16e6.txt.gz`` (default: the copy shipped in open-clip-torch).
     """
-    config = config or CLIPConfig.vit_h_14()
-    params = convert_state_dict(load_torch_state_dict(src), config)
+    state = load_torch_state_dict(src)
+    derived = config_from_state_dict(
+        state, *((config.vision.heads, config.text.heads) if config else heads)
+    )
+    if config is not None and derived != config:
+        raise CheckpointMismatchError(f"{src}: {_differences(derived, config)}")
+    config = derived
+    params = convert_state_dict(state, config)
     meta = {"kind": REWARD_KIND, "clip": config.to_dict(), "source": Path(src).name}
     with tempfile.TemporaryDirectory() as tokenizer_dir:
         files = save_clip_tokenizer(tokenizer_dir, config.text.context_length, bpe_path)
-        return model_dir.save_model_dir(dst, params, meta, files, overwrite=overwrite)
+        return model_dir.save_model_dir(dst, params, meta, files, overwrite=overwrite), config
+
+
+def config_from_state_dict(
+    state: Mapping[str, Any], vision_heads: int | None = None, text_heads: int | None = None
+) -> CLIPConfig:
+    """The CLIPConfig an open_clip ViT state dict has: every size from the tensors' shapes, the
+    heads from the arguments (None: width / ViT-H-14's head width for that tower)."""
+
+    def shape(key: str) -> tuple[int, ...]:
+        if key not in state:
+            raise CheckpointMismatchError(f"missing key {key!r}: not an open_clip ViT state dict")
+        return tuple(state[key].shape)
+
+    def layers(prefix: str) -> int:
+        blocks = {int(k[len(prefix) :].split(".")[0]) for k in state if k.startswith(prefix)}
+        return max(blocks) + 1 if blocks else 0
+
+    def tower_heads(tower: str, width: int, given: int | None) -> int:
+        head_width = HEAD_WIDTHS[tower]
+        if given is None and width % head_width:
+            flag = f"--{tower}-heads"
+            raise CheckpointMismatchError(
+                f"{tower} width {width} is not a multiple of ViT-H-14's head width {head_width}: "
+                f"the heads are not stored in the checkpoint; give them ({flag}) or a preset"
+            )
+        return given or width // head_width
+
+    width, _, patch, _ = shape("visual.conv1.weight")
+    grid = math.isqrt(shape("visual.positional_embedding")[0] - 1)
+    vocab, text_width = shape("token_embedding.weight")
+    try:
+        return CLIPConfig(
+            embed_dim=shape("text_projection")[1],
+            vision=VisionConfig(
+                image_size=grid * patch,
+                patch_size=patch,
+                width=width,
+                layers=layers("visual.transformer.resblocks."),
+                heads=tower_heads("vision", width, vision_heads),
+                mlp_dim=shape("visual.transformer.resblocks.0.mlp.c_fc.weight")[0],
+            ),
+            text=TextConfig(
+                context_length=shape("positional_embedding")[0],
+                vocab_size=vocab,
+                width=text_width,
+                layers=layers("transformer.resblocks."),
+                heads=tower_heads("text", text_width, text_heads),
+                mlp_dim=shape("transformer.resblocks.0.mlp.c_fc.weight")[0],
+            ),
+        )
+    except ValueError as e:
+        raise CheckpointMismatchError(f"the tensors' sizes are not a CLIP ViT: {e}") from e
+
+
+def _differences(got: CLIPConfig, want: CLIPConfig) -> str:
+    """``vision.width 40 (expected 1280), ...`` for every size that differs."""
+    flat = lambda c: {  # noqa: E731
+        f"{tower}.{k}" if tower else k: v
+        for tower, d in (("", {"embed_dim": c.embed_dim}), ("vision", c.vision), ("text", c.text))
+        for k, v in (d.items() if isinstance(d, dict) else dataclasses.asdict(d).items())
+    }
+    g, w = flat(got), flat(want)
+    diffs = [f"{k} {g[k]} (expected {w[k]})" for k in w if g[k] != w[k]]
+    return "the state dict's sizes differ from the named architecture: " + ", ".join(diffs)
 
 
 def load_torch_state_dict(path: str | Path) -> Mapping[str, Any]:

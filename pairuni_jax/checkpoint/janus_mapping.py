@@ -1,18 +1,22 @@
-"""Janus-Pro parameter names: Hugging Face keys ↔ Flax parameter paths, and the layout transforms.
+"""Janus-Pro parameter names: Flax parameter paths → Hugging Face keys, and the layout transforms.
 
-The Flax modules are named after transformers' ``JanusForConditionalGeneration``, so a
-transformers key maps to a Flax path by rule, not by a per-tensor table:
+The Flax modules are named after transformers' ``JanusForConditionalGeneration``, so each Flax
+parameter stands for transformers keys by rule (``hf_keys_of``), not by a per-tensor table:
 
-- drop the leading ``model.``; numeric segments index ``nnx.List`` containers;
-- ``language_model.layers.{i}`` and ``vision_model.encoder.layers.{j}`` are stacked on a leading
-  ``layers`` axis: the index selects a slice of one stacked Flax array;
-- the torch leaf ``weight`` becomes ``kernel`` (Linear: transposed [in, out]; Conv: OIHW → HWIO),
-  ``scale`` (Layer/Group/RMS norms) or ``embedding`` (Embedding tables), whichever the Flax
-  module has; ``bias`` stays ``bias``.
+- the key is ``model.`` + the module path (``lm_head`` has no prefix); numeric segments index
+  ``nnx.List`` containers;
+- ``language_model.layers`` and ``vision_model.encoder.layers`` are stacked on a leading
+  ``layers`` axis: one Flax array stands for the keys ``...layers.{i}.*`` of every layer i;
+- the Flax leaf ``kernel`` (Linear: transposed [in, out]; Conv: OIHW → HWIO), ``scale`` (norms)
+  and ``embedding`` (tables) are the torch ``weight``; ``bias`` stays ``bias``.
 
-The DeepSeek original layout (``MultiModalityCausalLM``) is first renamed to transformers keys with
-the regex table of spec/janus.md §3.3 (``DEEPSEEK_TO_HF``), splitting the fused SigLIP ``qkv`` and
-squeezing ``pos_embed``; ``attn_pool.*``, ``codebook_used`` and ``rotary_emb.inv_freq`` are dropped.
+Both converters start from the model's param tree and ask which key each leaf needs, so an
+unknown, missing or mis-shaped key is named before any tensor is read.
+
+The DeepSeek original layout (``MultiModalityCausalLM``) differs from transformers' by key
+prefixes only (``DEEPSEEK_HF_PREFIXES``, one table read in both directions), plus the fused SigLIP
+``qkv`` (split into q, k, v) and the unsqueezed ``pos_embed``; ``attn_pool.*``, ``codebook_used``
+and ``rotary_emb.inv_freq`` are dropped.
 """
 
 from __future__ import annotations
@@ -28,40 +32,18 @@ STACKED_PREFIXES: tuple[tuple[str, ...], ...] = (
     ("vision_model", "encoder", "layers"),
 )
 
-WEIGHT_LEAVES = ("kernel", "scale", "embedding")
-
 
 class MappingError(ValueError):
     """A key or shape that does not fit the model: the message names it."""
 
 
-def _segments(key: str) -> list[str | int]:
-    return [int(s) if s.isdigit() else s for s in key.split(".")]
-
-
-def split_hf_key(key: str) -> tuple[tuple[str | int, ...], int | None, str]:
-    """``model.language_model.layers.3.mlp.up_proj.weight`` →
-    (``("language_model", "layers", "mlp", "up_proj")``, 3, ``"weight"``).
-
-    Returns the Flax module path, the index into a stacked layer axis (or None) and the torch leaf.
-    """
-    segments = _segments(key)
-    if segments[0] == "model":
-        segments = segments[1:]
-    elif segments[0] != "lm_head":
-        raise MappingError(
-            f"unexpected key {key!r}: transformers Janus keys start with 'model.' or 'lm_head.'"
-        )
-    *module, leaf = segments
-    for prefix in STACKED_PREFIXES:
-        n = len(prefix)
-        if tuple(module[:n]) == prefix and len(module) > n and isinstance(module[n], int):
-            return (*prefix, *module[n + 1 :]), module[n], leaf
-    return tuple(module), None, leaf
-
-
 def join_hf_key(module: tuple[str | int, ...], layer: int | None, leaf: str) -> str:
-    """Inverse of ``split_hf_key``."""
+    """The transformers key of torch ``leaf`` (``weight`` / ``bias``) of a Flax module path;
+    ``layer`` indexes the stacked layer axis (None for unstacked modules).
+
+    ``(("language_model", "layers", "mlp", "up_proj"), 3, "weight")`` →
+    ``model.language_model.layers.3.mlp.up_proj.weight``.
+    """
     segments = list(module)
     if layer is not None:
         for prefix in STACKED_PREFIXES:
@@ -83,34 +65,22 @@ def _node(tree: Mapping, path: tuple, key: str) -> Mapping:
     return node
 
 
-def flax_leaf(tree: Mapping, module: tuple, torch_leaf: str, key: str) -> str:
-    """The Flax leaf name for a torch leaf under ``module`` of the (abstract) param tree."""
-    node = _node(tree, module, key)
-    if torch_leaf == "bias" and "bias" in node:
-        return "bias"
-    if torch_leaf == "weight":
-        for name in WEIGHT_LEAVES:
-            if name in node:
-                return name
-    raise MappingError(f"unexpected key {key!r}: module has parameters {sorted(node)}")
+def _relayout(x: np.ndarray, leaf: str, conv_axes: tuple[int, ...]) -> np.ndarray:
+    """Linear kernels transposed, conv kernels permuted by ``conv_axes``, the rest as is."""
+    if leaf != "kernel" or x.ndim not in (2, 4):
+        return x
+    return x.T if x.ndim == 2 else x.transpose(conv_axes)
 
 
 def to_flax_layout(x: np.ndarray, leaf: str) -> np.ndarray:
-    """Torch layout → Flax layout for one tensor (or one layer slice of a stacked tensor)."""
-    if leaf == "kernel" and x.ndim == 2:
-        return x.T
-    if leaf == "kernel" and x.ndim == 4:
-        return x.transpose(2, 3, 1, 0)
-    return x
+    """Torch layout → Flax layout for one tensor (or one layer slice of a stacked tensor):
+    Linear [out, in] → [in, out], Conv OIHW → HWIO."""
+    return _relayout(x, leaf, (2, 3, 1, 0))
 
 
 def to_torch_layout(x: np.ndarray, leaf: str) -> np.ndarray:
     """Flax layout → torch layout (inverse of ``to_flax_layout``)."""
-    if leaf == "kernel" and x.ndim == 2:
-        return x.T
-    if leaf == "kernel" and x.ndim == 4:
-        return x.transpose(3, 2, 0, 1)
-    return x
+    return _relayout(x, leaf, (3, 2, 0, 1))
 
 
 def hf_keys_of(tree: Mapping) -> list[tuple[str, tuple, int | None, str]]:
@@ -177,61 +147,85 @@ DEEPSEEK_DROPPED = (
     re.compile(r"rotary_emb\.inv_freq$"),
 )
 
-# Applied in order, each as a full-key regex substitution (spec/janus.md §3.3).
-DEEPSEEK_TO_HF: tuple[tuple[str, str], ...] = (
+# DeepSeek key prefix ↔ transformers key prefix (spec/janus.md §3.3), used in both directions: a
+# key takes the first rule whose side matches its start. ``{n}`` stands for a block or level
+# number; a side that does not end in "." is a whole key. More specific rules come first.
+DEEPSEEK_HF_PREFIXES: tuple[tuple[str, str], ...] = (
     (
-        r"^vision_model\.vision_tower\.blocks\.(\d+)\.attn\.proj\.",
-        r"model.vision_model.encoder.layers.\1.self_attn.projection_layer.",
+        "vision_model.vision_tower.blocks.{n}.attn.proj.",
+        "model.vision_model.encoder.layers.{n}.self_attn.projection_layer.",
     ),
     (
-        r"^vision_model\.vision_tower\.blocks\.(\d+)\.norm([12])\.",
-        r"model.vision_model.encoder.layers.\1.layer_norm\2.",
+        "vision_model.vision_tower.blocks.{n}.norm1.",
+        "model.vision_model.encoder.layers.{n}.layer_norm1.",
     ),
     (
-        r"^vision_model\.vision_tower\.blocks\.(\d+)\.mlp\.",
-        r"model.vision_model.encoder.layers.\1.mlp.",
+        "vision_model.vision_tower.blocks.{n}.norm2.",
+        "model.vision_model.encoder.layers.{n}.layer_norm2.",
+    ),
+    ("vision_model.vision_tower.blocks.{n}.mlp.", "model.vision_model.encoder.layers.{n}.mlp."),
+    (
+        "vision_model.vision_tower.pos_embed",
+        "model.vision_model.embeddings.position_embedding.weight",
     ),
     (
-        r"^vision_model\.vision_tower\.pos_embed$",
-        r"model.vision_model.embeddings.position_embedding.weight",
+        "vision_model.vision_tower.patch_embed.proj.",
+        "model.vision_model.embeddings.patch_embedding.",
     ),
-    (
-        r"^vision_model\.vision_tower\.patch_embed\.proj\.",
-        r"model.vision_model.embeddings.patch_embedding.",
+    ("vision_model.vision_tower.norm.", "model.vision_model.post_layernorm."),
+    ("aligner.layers.0.", "model.aligner.fc1."),
+    ("aligner.layers.2.", "model.aligner.hidden_layers.0."),
+    *(
+        (f"gen_vision_model.{part}.mid.{i}.", f"model.vqmodel.{part}.mid.{name}.")
+        for part in ("encoder", "decoder")
+        for i, name in enumerate(("block_1", "attn_1", "block_2"))
     ),
-    (r"^vision_model\.vision_tower\.norm\.", r"model.vision_model.post_layernorm."),
-    (r"^aligner\.layers\.0\.", r"model.aligner.fc1."),
-    (r"^aligner\.layers\.2\.", r"model.aligner.hidden_layers.0."),
-    (
-        r"^gen_vision_model\.encoder\.conv_blocks\.(\d+)\.res\.",
-        r"model.vqmodel.encoder.down.\1.block.",
+    *(
+        (
+            f"gen_vision_model.{part}.conv_blocks.{{n}}.{ds}.",
+            f"model.vqmodel.{part}.{hf}.{{n}}.{t}.",
+        )
+        for part, hf, resample in (("encoder", "down", "downsample"), ("decoder", "up", "upsample"))
+        for ds, t in (("res", "block"), ("attn", "attn"), (resample, resample))
     ),
-    (
-        r"^gen_vision_model\.encoder\.conv_blocks\.(\d+)\.(attn|downsample)\.",
-        r"model.vqmodel.encoder.down.\1.\2.",
-    ),
-    (
-        r"^gen_vision_model\.decoder\.conv_blocks\.(\d+)\.res\.",
-        r"model.vqmodel.decoder.up.\1.block.",
-    ),
-    (
-        r"^gen_vision_model\.decoder\.conv_blocks\.(\d+)\.(attn|upsample)\.",
-        r"model.vqmodel.decoder.up.\1.\2.",
-    ),
-    (r"^gen_vision_model\.(encoder|decoder)\.mid\.0\.", r"model.vqmodel.\1.mid.block_1."),
-    (r"^gen_vision_model\.(encoder|decoder)\.mid\.1\.", r"model.vqmodel.\1.mid.attn_1."),
-    (r"^gen_vision_model\.(encoder|decoder)\.mid\.2\.", r"model.vqmodel.\1.mid.block_2."),
-    (r"^gen_vision_model\.", r"model.vqmodel."),
-    (r"^gen_aligner\.layers\.0\.", r"model.generation_aligner.fc1."),
-    (r"^gen_aligner\.layers\.2\.", r"model.generation_aligner.hidden_layers.0."),
-    (r"^gen_head\.output_mlp_projector\.", r"model.generation_head.proj_out."),
-    (r"^gen_head\.vision_head\.", r"model.generation_head.vision_head."),
-    (r"^gen_embed\.weight$", r"model.generation_embeddings.weight"),
-    (r"^language_model\.model\.", r"model.language_model."),
-    (r"^language_model\.lm_head\.", r"lm_head."),
+    ("gen_vision_model.", "model.vqmodel."),
+    ("gen_aligner.layers.0.", "model.generation_aligner.fc1."),
+    ("gen_aligner.layers.2.", "model.generation_aligner.hidden_layers.0."),
+    ("gen_head.output_mlp_projector.", "model.generation_head.proj_out."),
+    ("gen_head.vision_head.", "model.generation_head.vision_head."),
+    ("gen_embed.weight", "model.generation_embeddings.weight"),
+    ("language_model.model.", "model.language_model."),
+    ("language_model.lm_head.", "lm_head."),
 )
-_DEEPSEEK_TO_HF = tuple((re.compile(a), b) for a, b in DEEPSEEK_TO_HF)
-_QKV = re.compile(r"^vision_model\.vision_tower\.blocks\.(\d+)\.attn\.qkv\.(weight|bias)$")
+
+
+def _side_pattern(side: str) -> re.Pattern:
+    """A rule side as a regex anchored at the key's start (and end, for a whole key)."""
+    pattern = re.escape(side).replace(r"\{n\}", r"(?P<n>\d+)")
+    return re.compile("^" + pattern + ("" if side.endswith(".") else "$"))
+
+
+_RULES = tuple(
+    (_side_pattern(deepseek), deepseek, _side_pattern(hf), hf)
+    for deepseek, hf in DEEPSEEK_HF_PREFIXES
+)
+
+
+def _rename(key: str, to_hf: bool) -> str | None:
+    """``key`` with its prefix rewritten by the first matching rule, or None if none matches."""
+    for deepseek_pattern, deepseek, hf_pattern, hf in _RULES:
+        pattern, target = (deepseek_pattern, hf) if to_hf else (hf_pattern, deepseek)
+        m = pattern.match(key)
+        if m:
+            return target.format(**m.groupdict()) + key[m.end() :]
+    return None
+
+
+_DEEPSEEK_QKV = re.compile(r"^vision_model\.vision_tower\.blocks\.(\d+)\.attn\.qkv\.(weight|bias)$")
+_HF_QKV = re.compile(
+    r"^model\.vision_model\.encoder\.layers\.(\d+)\.self_attn\.([qkv])_proj\.(weight|bias)$"
+)
+_DEEPSEEK_POS_EMBED = "vision_model.vision_tower.pos_embed"
 
 
 def deepseek_dropped(key: str) -> bool:
@@ -240,7 +234,7 @@ def deepseek_dropped(key: str) -> bool:
 
 def deepseek_to_hf(key: str, value: np.ndarray) -> list[tuple[str, np.ndarray]]:
     """Renames one DeepSeek tensor to transformers key(s): the fused qkv becomes q, k, v."""
-    m = _QKV.match(key)
+    m = _DEEPSEEK_QKV.match(key)
     if m:
         if value.shape[0] % 3:
             raise MappingError(
@@ -249,12 +243,10 @@ def deepseek_to_hf(key: str, value: np.ndarray) -> list[tuple[str, np.ndarray]]:
         q, k, v = np.split(value, 3, axis=0)
         base = f"model.vision_model.encoder.layers.{m.group(1)}.self_attn"
         return [(f"{base}.{n}_proj.{m.group(2)}", t) for n, t in zip("qkv", (q, k, v))]
-    new = key
-    for pattern, repl in _DEEPSEEK_TO_HF:
-        new = pattern.sub(repl, new)
-    if new == key or not (new.startswith("model.") or new.startswith("lm_head.")):
+    new = _rename(key, to_hf=True)
+    if new is None:
         raise MappingError(f"unexpected key {key!r}: not a DeepSeek Janus key")
-    if key == "vision_model.vision_tower.pos_embed":
+    if key == _DEEPSEEK_POS_EMBED:
         value = value.reshape(value.shape[-2:])
     return [(new, value)]
 
@@ -268,66 +260,6 @@ def shape_only(shape: tuple[int, ...]) -> np.ndarray:
     return np.broadcast_to(np.zeros((), np.uint8), shape)
 
 
-# Inverse of DEEPSEEK_TO_HF; each rule is anchored on its own transformers prefix.
-HF_TO_DEEPSEEK: tuple[tuple[str, str], ...] = (
-    (
-        r"^model\.vision_model\.encoder\.layers\.(\d+)\.self_attn\.projection_layer\.",
-        r"vision_model.vision_tower.blocks.\1.attn.proj.",
-    ),
-    (
-        r"^model\.vision_model\.encoder\.layers\.(\d+)\.layer_norm([12])\.",
-        r"vision_model.vision_tower.blocks.\1.norm\2.",
-    ),
-    (
-        r"^model\.vision_model\.encoder\.layers\.(\d+)\.mlp\.",
-        r"vision_model.vision_tower.blocks.\1.mlp.",
-    ),
-    (
-        r"^model\.vision_model\.embeddings\.position_embedding\.weight$",
-        r"vision_model.vision_tower.pos_embed",
-    ),
-    (
-        r"^model\.vision_model\.embeddings\.patch_embedding\.",
-        r"vision_model.vision_tower.patch_embed.proj.",
-    ),
-    (r"^model\.vision_model\.post_layernorm\.", r"vision_model.vision_tower.norm."),
-    (r"^model\.aligner\.fc1\.", r"aligner.layers.0."),
-    (r"^model\.aligner\.hidden_layers\.0\.", r"aligner.layers.2."),
-    (r"^model\.vqmodel\.(encoder|decoder)\.mid\.block_1\.", r"gen_vision_model.\1.mid.0."),
-    (r"^model\.vqmodel\.(encoder|decoder)\.mid\.attn_1\.", r"gen_vision_model.\1.mid.1."),
-    (r"^model\.vqmodel\.(encoder|decoder)\.mid\.block_2\.", r"gen_vision_model.\1.mid.2."),
-    (
-        r"^model\.vqmodel\.encoder\.down\.(\d+)\.block\.",
-        r"gen_vision_model.encoder.conv_blocks.\1.res.",
-    ),
-    (
-        r"^model\.vqmodel\.encoder\.down\.(\d+)\.(attn|downsample)\.",
-        r"gen_vision_model.encoder.conv_blocks.\1.\2.",
-    ),
-    (
-        r"^model\.vqmodel\.decoder\.up\.(\d+)\.block\.",
-        r"gen_vision_model.decoder.conv_blocks.\1.res.",
-    ),
-    (
-        r"^model\.vqmodel\.decoder\.up\.(\d+)\.(attn|upsample)\.",
-        r"gen_vision_model.decoder.conv_blocks.\1.\2.",
-    ),
-    (r"^model\.vqmodel\.", r"gen_vision_model."),
-    (r"^model\.generation_aligner\.fc1\.", r"gen_aligner.layers.0."),
-    (r"^model\.generation_aligner\.hidden_layers\.0\.", r"gen_aligner.layers.2."),
-    (r"^model\.generation_head\.proj_out\.", r"gen_head.output_mlp_projector."),
-    (r"^model\.generation_head\.vision_head\.", r"gen_head.vision_head."),
-    (r"^model\.generation_embeddings\.weight$", r"gen_embed.weight"),
-    (r"^model\.language_model\.", r"language_model.model."),
-    (r"^lm_head\.", r"language_model.lm_head."),
-)
-_HF_TO_DEEPSEEK = tuple((re.compile(a), b) for a, b in HF_TO_DEEPSEEK)
-_HF_QKV = re.compile(
-    r"^model\.vision_model\.encoder\.layers\.(\d+)\.self_attn\.([qkv])_proj\.(weight|bias)$"
-)
-_DEEPSEEK_POS_EMBED = "vision_model.vision_tower.pos_embed"
-
-
 def hf_to_deepseek_key(key: str) -> str:
     """The DeepSeek key holding transformers tensor ``key``.
 
@@ -336,10 +268,8 @@ def hf_to_deepseek_key(key: str) -> str:
     m = _HF_QKV.match(key)
     if m:
         return f"vision_model.vision_tower.blocks.{m.group(1)}.attn.qkv.{m.group(3)}"
-    new = key
-    for pattern, repl in _HF_TO_DEEPSEEK:
-        new = pattern.sub(repl, new)
-    if new == key:
+    new = _rename(key, to_hf=False)
+    if new is None:
         raise MappingError(f"unexpected key {key!r}: no DeepSeek Janus name for it")
     return new
 

@@ -17,6 +17,10 @@ from typing import Any
 
 import jax
 import orbax.checkpoint as ocp
+from flax import nnx
+from jax.sharding import Mesh, SingleDeviceSharding
+
+from pairuni_jax import sharding
 
 PARAMS_SUBDIR = "params"
 CONFIG_FILE = "config.json"
@@ -84,15 +88,43 @@ def read_config(directory: str | Path) -> dict[str, Any]:
         raise NotAModelDirError(f"{config_path}: invalid JSON ({e})") from e
 
 
-def restore_params(directory: str | Path, target: Any) -> Any:
+def restore_params(directory: str | Path, target: Any, *, partial: bool = False) -> Any:
     """Restores params into the structure, dtypes and shardings of ``target``.
 
     ``target`` is a pytree of ``jax.ShapeDtypeStruct`` with ``sharding`` set (for example from
     ``nnx.eval_shape`` plus ``sharding.state_shardings``): each host reads only the slices its
-    devices hold, and nothing is materialised unsharded.
+    devices hold, and nothing is materialised unsharded. ``partial``: ``target`` may name a
+    subset of the stored params (one tower of a model); only those are read.
     """
-    with ocp.StandardCheckpointer() as checkpointer:
-        return checkpointer.restore(Path(directory).absolute() / PARAMS_SUBDIR, target)
+    path = Path(directory).absolute() / PARAMS_SUBDIR
+    if not partial:
+        with ocp.StandardCheckpointer() as checkpointer:
+            return checkpointer.restore(path, target)
+    args = ocp.args.PyTreeRestore(
+        item=target,
+        restore_args=ocp.checkpoint_utils.construct_restore_args(target),
+        partial_restore=True,
+    )
+    with ocp.Checkpointer(ocp.PyTreeCheckpointHandler()) as checkpointer:
+        return checkpointer.restore(path, args=args)
+
+
+def restore_module(directory: str | Path, abstract: nnx.Module, mesh: Mesh | None = None) -> Any:
+    """The module ``abstract`` (from ``nnx.eval_shape``) with the params of ``directory``.
+
+    mesh: every parameter is sharded by its logical axes while reading (each host reads only
+    the slices its devices hold; nothing is built unsharded); None puts the module on the first
+    device. Stored params are cast to the abstract module's param dtypes.
+    """
+    graphdef, state = nnx.split(abstract)
+    if mesh is not None:
+        shardings = nnx.to_pure_dict(sharding.state_shardings(state, mesh))
+    else:
+        device = SingleDeviceSharding(jax.devices()[0])
+        shardings = jax.tree.map(lambda _: device, nnx.to_pure_dict(state))
+    target = abstract_like(nnx.to_pure_dict(state), shardings)
+    nnx.replace_by_pure_dict(state, restore_params(directory, target))
+    return nnx.merge(graphdef, state)
 
 
 def abstract_like(tree: Any, shardings: Any) -> Any:

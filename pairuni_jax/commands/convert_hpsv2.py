@@ -1,7 +1,10 @@
 """``pairuni convert hpsv2 SRC.pt DST``: an HPSv2 / open_clip ViT checkpoint to a reward directory.
 
 SRC is ``HPS_v2.1_compressed.pt`` (or v2.0; fp16 under ``state_dict``) or any open_clip ViT state
-dict; DST gets Orbax params (fp32), ``config.json`` and the CLIP tokenizer files.
+dict; DST gets Orbax params (fp32), ``config.json`` and the CLIP tokenizer files. The model's sizes
+come from the tensors; the attention heads, which the tensors do not show, from ViT-H-14's head
+widths (80 vision, 64 text) unless given. ``--preset`` / ``--config-json`` name the architecture
+SRC must have, checked against the tensors.
 """
 
 from __future__ import annotations
@@ -31,8 +34,8 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument(
         "--preset",
         choices=PRESETS,
-        default="vit_h_14",
-        help="architecture of SRC (default: vit_h_14, the HPSv2 model)",
+        default=None,
+        help="architecture SRC must have (vit_h_14: the HPSv2 model); default: from the tensors",
     )
     parser.add_argument(
         "--config-json",
@@ -40,6 +43,13 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         default=None,
         help="architecture as CLIPConfig JSON, for other ViTs (overrides --preset)",
     )
+    for tower, width in (("vision", 80), ("text", 64)):
+        parser.add_argument(
+            f"--{tower}-heads",
+            type=int,
+            default=None,
+            help=f"{tower} attention heads (default: width / {width}, as ViT-H-14)",
+        )
     parser.add_argument(
         "--bpe",
         type=Path,
@@ -54,16 +64,25 @@ def run(args: argparse.Namespace) -> int:
     from pairuni_jax.models.clip import CLIPConfig
 
     try:
+        config = None
         if args.config_json is not None:
             config = CLIPConfig.from_dict(json.loads(args.config_json.read_text()))
-        else:
+        elif args.preset is not None:
             config = getattr(CLIPConfig, args.preset)()
-        dst = convert_hpsv2(args.src, args.dst, config, bpe_path=args.bpe, overwrite=args.overwrite)
+        dst, config = convert_hpsv2(
+            args.src,
+            args.dst,
+            config,
+            bpe_path=args.bpe,
+            overwrite=args.overwrite,
+            heads=(args.vision_heads, args.text_heads),
+        )
     except (OSError, ValueError) as e:  # bad paths, keys, shapes, configs: no traceback needed
         print(f"error: {e}", file=sys.stderr)
         return 1
     print(
-        f"wrote {dst} (CLIP embed_dim {config.embed_dim}, vision {config.vision.layers} "
-        f"layers, text {config.text.layers} layers)"
+        f"wrote {dst} (CLIP embed_dim {config.embed_dim}; vision {config.vision.layers} layers, "
+        f"width {config.vision.width}, {config.vision.heads} heads; text {config.text.layers} "
+        f"layers, width {config.text.width}, {config.text.heads} heads)"
     )
     return 0

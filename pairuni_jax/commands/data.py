@@ -1,16 +1,19 @@
-"""``pairuni data ...``: inspect pair data sets.
+"""``pairuni data ...``: inspect and build pair data sets.
 
 ``pairuni data validate FILE.jsonl [--image-root DIR]`` checks every record (fields, types, answer
 letters, similarity range, images) and prints a summary; the exit code is 1 when any record is bad.
+``pairuni data pair ...`` builds pairs from understanding and generation records (``data_pair``).
 """
 
 from __future__ import annotations
 
 import argparse
 
+from pairuni_jax.commands import data_pair
+
 
 def register(subparsers: argparse._SubParsersAction) -> None:
-    parser = subparsers.add_parser("data", help="inspect pair data sets")
+    parser = subparsers.add_parser("data", help="inspect and build pair data sets")
     commands = parser.add_subparsers(dest="data_command", metavar="DATA_COMMAND")
     validate = commands.add_parser(
         "validate", help="check a pair JSONL file and print a summary (exit 1 on errors)"
@@ -25,6 +28,7 @@ def register(subparsers: argparse._SubParsersAction) -> None:
         "--max-errors", type=int, default=20, help="errors to list in full (all are counted)"
     )
     validate.set_defaults(func=run_validate)
+    data_pair.register(commands)
     parser.set_defaults(func=lambda args: parser.print_help() or 2)
 
 

@@ -46,7 +46,6 @@ def grid(images: np.ndarray) -> np.ndarray:
 def run(args: argparse.Namespace) -> int:
     import jax
     import jax.numpy as jnp
-    from flax import nnx
     from PIL import Image
 
     from pairuni_jax.rollout import image as image_rollout
@@ -75,7 +74,7 @@ def run(args: argparse.Namespace) -> int:
     rollout = image_rollout.sample_images_jit(
         model, input_ids, jnp.ones(input_ids.shape, bool), jax.random.key(args.seed), settings
     )
-    images = np.asarray(nnx.jit(image_rollout.decode_images)(model, rollout.tokens))
+    images = np.asarray(image_rollout.decode_images_jit(model, rollout.tokens))
     seconds = time.perf_counter() - start
     print(
         f"sampled and decoded in {seconds:.1f} s including compilation "

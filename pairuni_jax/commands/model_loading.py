@@ -11,21 +11,21 @@ import dataclasses
 import sys
 import time
 from pathlib import Path
+from typing import TYPE_CHECKING
 
-import jax
-import jax.numpy as jnp
+from pairuni_jax.dtypes import DType
 
-from pairuni_jax.data.prompts import PromptEncoder, load_tokenizer
-from pairuni_jax.models.janus import Janus
-
-DTYPES = {"fp32": jnp.float32, "bf16": jnp.bfloat16}
+if TYPE_CHECKING:  # the CLI imports this module for its flags: no JAX, no data pipeline
+    from pairuni_jax.data.prompts import PromptEncoder
+    from pairuni_jax.models.janus import Janus
 
 
 def add_model_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--model", required=True, help="Orbax model directory (with tokenizer)")
     parser.add_argument(
         "--dtype",
-        choices=sorted(DTYPES),
+        type=DType,
+        choices=list(DType),
         default=None,
         help="compute dtype (default: fp32 on CPU, bf16 on accelerators)",
     )
@@ -40,17 +40,20 @@ class LoadedModel:
 
 def load(args: argparse.Namespace) -> LoadedModel:
     """Restores ``args.model`` on the first device and its tokenizer (reports on stderr)."""
+    import jax
+
     from pairuni_jax.checkpoint.convert import load_model
+    from pairuni_jax.data.prompts import PromptEncoder, load_tokenizer
 
     directory = Path(args.model)
-    dtype_name = args.dtype or ("fp32" if jax.default_backend() == "cpu" else "bf16")
+    dtype = args.dtype or (DType.FP32 if jax.default_backend() == "cpu" else DType.BF16)
     start = time.perf_counter()
-    model = load_model(directory, dtype=DTYPES[dtype_name])
+    model = load_model(directory, dtype=dtype.dtype)
     try:
         tokenizer = load_tokenizer(directory)
     except (OSError, ValueError) as e:
         raise ValueError(f"{directory}: cannot load the tokenizer files of the model ({e})") from e
     encoder = PromptEncoder(tokenizer, model.config.num_image_tokens)
     seconds = time.perf_counter() - start
-    print(f"loaded {directory} ({dtype_name}) in {seconds:.1f} s", file=sys.stderr)
+    print(f"loaded {directory} ({dtype}) in {seconds:.1f} s", file=sys.stderr)
     return LoadedModel(model, encoder)

@@ -8,8 +8,9 @@ Generation (no system prompt, the image starts right after the assistant tag)::
 
     <|User|>: {prompt}\\n\\n<|Assistant|>:<begin_of_image>
 
-Token ids of the special tokens are resolved from the tokenizer by string, never hard-coded. The
-tokenizer must prepend BOS on encode (as the Janus tokenizer does); the encoder checks it. In the
+Token ids of the special tokens are resolved from the tokenizer by string, never hard-coded. Janus
+prompts start with BOS: the encoder puts it there itself, exactly once, whether or not the
+tokenizer adds it (the Janus tokenizer does; a user's own saved tokenizer may not). In the
 understanding ids the single ``<image_placeholder>`` becomes
 ``<begin_of_image> + N x <image_placeholder> + <end_of_image>``, N = the model's image tokens
 (576 for Janus-Pro, 16 for the tiny model).
@@ -94,7 +95,7 @@ class PromptEncoder:
     """Renders and tokenizes the two prompts of a pair.
 
     Args:
-      tokenizer: a Hugging Face tokenizer with the Janus special tokens that prepends BOS.
+      tokenizer: a Hugging Face tokenizer with the Janus special tokens (it need not add BOS).
       num_image_tokens: N, the image tokens one image expands to (576 real, 16 tiny).
       system_prompt: the understanding system prompt (the Janus one by default).
     """
@@ -132,13 +133,12 @@ class PromptEncoder:
         return ids
 
     def _encode(self, text: str) -> np.ndarray:
-        ids = np.asarray(self.tokenizer.encode(text), dtype=np.int32)
-        if len(ids) == 0 or ids[0] != self.ids.bos:
-            raise ValueError(
-                f"the tokenizer did not put BOS ({BOS!r}, id {self.ids.bos}) at position 0 "
-                f"(got {ids[:3].tolist()}...); Janus prompts need it (CFG keeps position 0)"
-            )
-        return ids
+        """int32[L]: BOS, then the tokens of ``text`` without the tokenizer's own special tokens
+        (CFG's unconditional prompt keeps position 0, so BOS must be there, once)."""
+        ids = self.tokenizer.encode(text, add_special_tokens=False)
+        if ids[:1] != [self.ids.bos]:
+            ids = [self.ids.bos, *ids]
+        return np.asarray(ids, dtype=np.int32)
 
 
 def left_pad(ids: np.ndarray, length: int, pad_id: int) -> tuple[np.ndarray, np.ndarray]:

@@ -8,11 +8,14 @@ One line holds one pair::
      "understand_ann": {"image_path": ..., "prompt": ..., "question": ..., "answer": "A",
                         "tag": ...}}
 
-Both sides carry all five string fields; ``image_path``, ``prompt`` and ``question`` must be
-non-empty, ``prompt`` and ``question`` free of Janus special tokens, and ``similarity`` a number in
-[0, 1]. Training uses ``generate_ann.prompt`` (generation rollout prompt and HPS text) and
-``understand_ann.image_path`` + ``question`` + ``answer``; the other fields are validated too, so
-a data set is either well-formed or reported. Blank lines are not records.
+Required are the fields training reads (``REQUIRED_FIELDS``): ``generate_ann.prompt``
+(generation rollout prompt and HPS text) and ``understand_ann.image_path`` + ``question`` +
+``answer``. The other fields (the generation side's image, question and answer, the understanding
+side's caption ``prompt``, both tags) are optional, as in a retrieved pair whose halves carry no
+completion, and are checked when present (a JSON ``null`` counts as absent): every field is a
+string; ``image_path``, ``prompt`` and ``question`` are non-empty, ``prompt`` and ``question``
+free of Janus special tokens; a ``question`` and its ``answer`` come together. ``similarity`` is a
+number in [0, 1]. A data set is either well-formed or reported. Blank lines are not records.
 Image paths are resolved against ``image_root`` when given, else against the JSONL's directory;
 absolute paths are kept.
 
@@ -49,6 +52,11 @@ from pairuni_jax.data.prompts import SPECIAL_TOKENS
 ALIGNED_SIMILARITY = 0.999
 SIDES = ("generate_ann", "understand_ann")
 TEXT_FIELDS = ("image_path", "prompt", "question", "answer", "tag")
+REQUIRED_FIELDS = {
+    "generate_ann": ("prompt",),
+    "understand_ann": ("image_path", "question", "answer"),
+}
+NO_TAG = "<none>"  # how reports count records without a tag
 OnError = Literal["raise", "skip"]
 
 _OPTION_LINE = re.compile(r"^[ \t]*([A-Z])\.[ \t]", re.MULTILINE)
@@ -68,6 +76,8 @@ class ErrorKind(enum.StrEnum):
     MISSING_IMAGE = "missing_image"
     UNREADABLE_IMAGE = "unreadable_image"
     PROMPT_TOO_LONG = "prompt_too_long"
+    DUPLICATE_IMAGE = "duplicate_image"
+    INVALID_FEATURE = "invalid_feature"
 
 
 @dataclasses.dataclass(frozen=True)
@@ -94,13 +104,15 @@ class DataError(ValueError):
 
 @dataclasses.dataclass(frozen=True)
 class Annotation:
-    """One side of a pair. ``image_path`` is resolved; ``options`` are the question's letters."""
+    """One side of a pair (or one record of a pair half). ``image_path`` is resolved; ``options``
+    are the question's letters (empty without a question). A field the record does not carry is
+    None; which fields must be present depends on the side (``REQUIRED_FIELDS``)."""
 
-    image_path: Path
-    prompt: str
-    question: str
-    answer: str
-    tag: str
+    image_path: Path | None
+    prompt: str | None
+    question: str | None
+    answer: str | None
+    tag: str | None
     options: tuple[str, ...]
 
     @property
@@ -184,15 +196,9 @@ def parse_record(
     def report(kind: ErrorKind, field: str, message: str) -> None:
         issues.append(Issue(kind, file, line, field, message))
 
-    try:
-        obj = json.loads(raw)
-    except (json.JSONDecodeError, UnicodeDecodeError) as e:
-        report(ErrorKind.INVALID_JSON, "<line>", f"not valid JSON: {e}")
+    obj = parse_json_object(raw, report)
+    if obj is None:
         return None, issues
-    if not isinstance(obj, dict):
-        report(ErrorKind.WRONG_TYPE, "<line>", f"expected a JSON object, got {_json_type(obj)}")
-        return None, issues
-
     similarity = _parse_similarity(obj, report)
     aligned_field = obj.get("aligned")
     if aligned_field is not None and not isinstance(aligned_field, bool):
@@ -211,30 +217,48 @@ def parse_record(
     return record, issues
 
 
+def parse_json_object(
+    raw: bytes | str, report: Callable[[ErrorKind, str, str], None]
+) -> dict[str, Any] | None:
+    """One JSONL line as a JSON object, or None after reporting why it is not one."""
+    try:
+        obj = json.loads(raw)
+    except (json.JSONDecodeError, UnicodeDecodeError) as e:
+        report(ErrorKind.INVALID_JSON, "<line>", f"not valid JSON: {e}")
+        return None
+    if not isinstance(obj, dict):
+        report(ErrorKind.WRONG_TYPE, "<line>", f"expected a JSON object, got {_json_type(obj)}")
+        return None
+    return obj
+
+
 def check_images(record: PairRecord) -> list[Issue]:
-    """Opens both sides' images: missing files and files PIL cannot read become issues."""
+    """Opens both sides' images (those present): missing files and files PIL cannot read become
+    issues."""
     issues = []
-
-    def report(kind: ErrorKind, field: str, message: str) -> None:
-        issues.append(Issue(kind, record.file, record.line, field, message))
-
     checked: set[Path] = set()
     for side, annotation in zip(SIDES, (record.generate, record.understand), strict=True):
-        path, field = annotation.image_path, f"{side}.image_path"
-        if path in checked:
+        path = annotation.image_path
+        if path is None or path in checked:
             continue
         checked.add(path)
-        if not path.is_file():
-            report(ErrorKind.MISSING_IMAGE, field, f"no image file at {path}")
-            continue
-        try:
-            with Image.open(path) as image:
-                image.verify()
-        except Exception as e:  # PIL raises many types for corrupt files; all mean "unreadable"
-            report(
-                ErrorKind.UNREADABLE_IMAGE, field, f"cannot read {path}: {type(e).__name__}: {e}"
-            )
+        issues.extend(
+            check_image_file(path, file=record.file, line=record.line, field=f"{side}.image_path")
+        )
     return issues
+
+
+def check_image_file(path: Path, *, file: Path, line: int, field: str) -> list[Issue]:
+    """Opens one image: a missing file or one PIL cannot read is an issue at (file, line, field)."""
+    if not path.is_file():
+        return [Issue(ErrorKind.MISSING_IMAGE, file, line, field, f"no image file at {path}")]
+    try:
+        with Image.open(path) as image:
+            image.verify()
+    except Exception as e:  # PIL raises many types for corrupt files; all mean "unreadable"
+        message = f"cannot read {path}: {type(e).__name__}: {e}"
+        return [Issue(ErrorKind.UNREADABLE_IMAGE, file, line, field, message)]
+    return []
 
 
 @dataclasses.dataclass
@@ -263,8 +287,8 @@ class ValidationReport:
             self.aligned += 1
         else:
             self.retrieved += 1
-        self.understand_tags[record.understand.tag] += 1
-        self.generate_tags[record.generate.tag] += 1
+        self.understand_tags[record.understand.tag or NO_TAG] += 1
+        self.generate_tags[record.generate.tag or NO_TAG] += 1
 
     def add_invalid(self, issues: list[Issue]) -> None:
         self.skipped += 1
@@ -350,44 +374,76 @@ def _parse_side(
     if not isinstance(ann, dict):
         report(ErrorKind.WRONG_TYPE, side, f"expected a JSON object, got {_json_type(ann)}")
         return None
+    return parse_annotation(
+        ann, prefix=f"{side}.", required=REQUIRED_FIELDS[side], base=base, report=report
+    )
+
+
+def parse_annotation(
+    ann: dict[str, Any],
+    *,
+    prefix: str,
+    required: tuple[str, ...],
+    base: Path,
+    report: Callable[[ErrorKind, str, str], None],
+) -> Annotation | None:
+    """Checks one annotation object (a pair side, or a record of a pair half).
+
+    The fields in ``required`` must be present; the other ``TEXT_FIELDS`` are checked when present
+    (see the module docstring). Problems go to ``report(kind, prefix + field, message)``.
+    Returns the annotation, or None when anything was reported.
+    """
+    reported = 0
+
+    def counted(kind: ErrorKind, field: str, message: str) -> None:
+        nonlocal reported
+        reported += 1
+        report(kind, prefix + field, message)
+
     values: dict[str, str] = {}
     for name in TEXT_FIELDS:
-        field = f"{side}.{name}"
+        value = ann.get(name)
+        if value is None and name not in required:
+            continue
         if name not in ann:
-            report(ErrorKind.MISSING_FIELD, field, "required field is missing")
-        elif not isinstance(ann[name], str):
-            report(ErrorKind.WRONG_TYPE, field, f"expected a string, got {_json_type(ann[name])}")
+            counted(ErrorKind.MISSING_FIELD, name, "required field is missing")
+        elif not isinstance(value, str):
+            counted(ErrorKind.WRONG_TYPE, name, f"expected a string, got {_json_type(value)}")
         else:
-            values[name] = ann[name]
-    _check_texts(side, values, report)
+            values[name] = value
+    for present, partner in (("question", "answer"), ("answer", "question")):
+        if present in values and ann.get(partner) is None and partner not in required:
+            counted(ErrorKind.MISSING_FIELD, partner, f"required when {present} is given")
+    _check_texts(values, counted)
     options = option_letters(values.get("question", ""))
     if values.get("question", "").strip():
-        _check_options(side, options, values.get("answer"), report)
-    if len(values) < len(TEXT_FIELDS) or not values["image_path"].strip():
+        _check_options(options, values.get("answer"), counted)
+    if reported:
         return None
+    image_path = values.get("image_path")
     return Annotation(
-        image_path=Path(os.path.normpath(base / values["image_path"])),
-        prompt=values["prompt"],
-        question=values["question"],
-        answer=values["answer"],
-        tag=values["tag"],
+        image_path=None if image_path is None else Path(os.path.normpath(base / image_path)),
+        prompt=values.get("prompt"),
+        question=values.get("question"),
+        answer=values.get("answer"),
+        tag=values.get("tag"),
         options=options,
     )
 
 
-def _check_texts(side: str, values: dict[str, str], report: Callable[..., None]) -> None:
+def _check_texts(values: dict[str, str], report: Callable[..., None]) -> None:
     for name in ("image_path", "prompt", "question"):
         if name in values and not values[name].strip():
-            report(ErrorKind.EMPTY_TEXT, f"{side}.{name}", "must not be empty")
+            report(ErrorKind.EMPTY_TEXT, name, "must not be empty")
     for name in ("prompt", "question"):
         found = [token for token in SPECIAL_TOKENS if token in values.get(name, "")]
         if found:
             message = f"contains the Janus special token(s) {found}"
-            report(ErrorKind.SPECIAL_TOKEN_IN_TEXT, f"{side}.{name}", message)
+            report(ErrorKind.SPECIAL_TOKEN_IN_TEXT, name, message)
 
 
 def _check_options(
-    side: str, options: tuple[str, ...], answer: str | None, report: Callable[..., None]
+    options: tuple[str, ...], answer: str | None, report: Callable[..., None]
 ) -> None:
     expected = tuple(chr(ord("A") + i) for i in range(len(options)))
     if len(options) < 2 or options != expected:
@@ -395,10 +451,10 @@ def _check_options(
             "expected option lines 'A. ...', 'B. ...', ... (at least two, consecutive letters "
             f"from A), found letters {list(options)}"
         )
-        report(ErrorKind.INVALID_OPTIONS, f"{side}.question", message)
+        report(ErrorKind.INVALID_OPTIONS, "question", message)
     elif answer is not None and answer not in options:
         message = f"{answer!r} is not one of the listed options {list(options)}"
-        report(ErrorKind.ANSWER_NOT_AN_OPTION, f"{side}.answer", message)
+        report(ErrorKind.ANSWER_NOT_AN_OPTION, "answer", message)
 
 
 def _json_type(value: Any) -> str:

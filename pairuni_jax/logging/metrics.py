@@ -1,4 +1,9 @@
-"""Training metrics to ``metrics.jsonl`` and TensorBoard (lead host only), and a stdout line.
+"""Training metrics to ``metrics.jsonl``, TensorBoard and Weights & Biases (lead host only), and a
+stdout line.
+
+``MetricsWriter`` fans each logged step out to its destinations, each a ``MetricWriter``
+(``scalars``, ``image``, ``close``): ``JsonlWriter`` always, ``TensorBoardWriter`` (tensorboardX)
+unless turned off, ``WandbWriter`` when ``logging.wandb`` is set.
 
 ``run_dir/metrics.jsonl`` holds one JSON object per logged step,
 ``{"step": 12, "time": 1718000000.5, "und/reward_mean": 0.5, ...}`` (``time``: Unix seconds;
@@ -13,11 +18,12 @@ import os
 import time
 from collections.abc import Mapping, Sequence
 from pathlib import Path
-from typing import Any
+from typing import Any, Protocol
 
 import numpy as np
 
-from pairuni_jax.logging.tensorboard import EventWriter
+from pairuni_jax.logging.tensorboard import TensorBoardWriter
+from pairuni_jax.logging.wandb_writer import WandbConfig, WandbWriter
 
 METRICS_FILE = "metrics.jsonl"
 TENSORBOARD_DIR = "tensorboard"
@@ -54,12 +60,48 @@ def _truncate(path: Path, start_step: int) -> None:
     os.replace(tmp, path)
 
 
+class MetricWriter(Protocol):
+    """One destination of training metrics."""
+
+    def scalars(self, step: int, values: Mapping[str, float]) -> None: ...
+
+    def image(self, step: int, tag: str, image: np.ndarray) -> None: ...
+
+    def close(self) -> None: ...
+
+
+class JsonlWriter:
+    """``metrics.jsonl``: one line per logged step, flushed as written (images are not kept).
+
+    ``start_step`` drops the lines at steps >= ``start_step`` (see ``MetricsWriter``).
+    """
+
+    def __init__(self, path: Path, *, start_step: int | None = None):
+        if start_step is not None and path.exists():
+            _truncate(path, start_step)
+        self.path = path
+        self._file = open(path, "a", encoding="utf-8")
+
+    def scalars(self, step: int, values: Mapping[str, float]) -> None:
+        self._file.write(json.dumps({"step": step, "time": time.time(), **values}) + "\n")
+        self._file.flush()
+
+    def image(self, step: int, tag: str, image: np.ndarray) -> None:
+        pass
+
+    def close(self) -> None:
+        self._file.close()
+
+
 class MetricsWriter:
-    """Writes each logged step's scalar metrics; a no-op (no files) when not ``is_lead``.
+    """Writes each logged step's scalar metrics to every destination; a no-op (no files) when
+    not ``is_lead``.
 
     ``start_step`` (for a resumed run: the first step it will log) drops the lines at steps
     >= ``start_step`` that the interrupted run wrote after its last checkpoint, and tells
-    TensorBoard to discard those points (see ``EventWriter``), so each step appears once.
+    TensorBoard to discard those points, so each step appears once.
+    ``wandb``: also log to Weights & Biases; ``config`` (the run config as a dict) is stored
+    with the W&B run.
     """
 
     def __init__(
@@ -69,20 +111,21 @@ class MetricsWriter:
         is_lead: bool = True,
         tensorboard: bool = True,
         start_step: int | None = None,
+        wandb: WandbConfig | None = None,
+        config: Mapping[str, Any] | None = None,
     ):
         self.is_lead = is_lead
-        self._jsonl = None
-        self._events = None
+        self.writers: list[MetricWriter] = []
         if not is_lead:
             return
         run_dir = Path(run_dir)
         run_dir.mkdir(parents=True, exist_ok=True)
         self.path = run_dir / METRICS_FILE
-        if start_step is not None and self.path.exists():
-            _truncate(self.path, start_step)
-        self._jsonl = open(self.path, "a", encoding="utf-8")
+        self.writers.append(JsonlWriter(self.path, start_step=start_step))
         if tensorboard:
-            self._events = EventWriter(run_dir / TENSORBOARD_DIR, purge_step=start_step)
+            self.writers.append(TensorBoardWriter(run_dir / TENSORBOARD_DIR, purge_step=start_step))
+        if wandb is not None:
+            self.writers.append(WandbWriter(run_dir, wandb, config))
 
     def write(self, step: int, metrics: Mapping[str, Any]) -> None:
         """Logs ``metrics`` (name -> scalar: float, numpy or jax 0-d array) at ``step``.
@@ -92,23 +135,17 @@ class MetricsWriter:
         if not self.is_lead:
             return
         scalars = _scalars(metrics)
-        self._jsonl.write(json.dumps({"step": step, "time": time.time(), **scalars}) + "\n")
-        self._jsonl.flush()
-        if self._events is not None:
-            self._events.scalars(step, scalars)
-            self._events.flush()
+        for writer in self.writers:
+            writer.scalars(step, scalars)
 
     def image(self, step: int, tag: str, image: np.ndarray) -> None:
-        """An image (uint8[H, W, 3], e.g. a sample grid) to TensorBoard, when it is enabled."""
-        if self._events is not None:
-            self._events.image(step, tag, image)
-            self._events.flush()
+        """An image (uint8[H, W, 3], e.g. a sample grid) to the destinations that keep images."""
+        for writer in self.writers:
+            writer.image(step, tag, image)
 
     def close(self) -> None:
-        if self._jsonl is not None:
-            self._jsonl.close()
-        if self._events is not None:
-            self._events.close()
+        for writer in self.writers:
+            writer.close()
 
     def __enter__(self) -> MetricsWriter:
         return self

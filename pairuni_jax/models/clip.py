@@ -23,19 +23,25 @@ import jax.numpy as jnp
 from flax import nnx
 
 from pairuni_jax import sharding
+from pairuni_jax.models.stack import RematPolicy, scan
 from pairuni_jax.sharding import axes
 
 LN_EPS = 1e-5
 ACCUMULATE = jnp.float32
 
 
-def _check_positive(config: Any) -> None:
+def _check_tower(config: Any) -> None:
+    """Every size positive, and the width split evenly over the heads."""
     for field in dataclasses.fields(config):
         if getattr(config, field.name) <= 0:
             raise ValueError(
                 f"{type(config).__name__}: {field.name} must be positive, "
                 f"got {getattr(config, field.name)}"
             )
+    if config.width % config.heads:
+        raise ValueError(
+            f"{type(config).__name__}: width {config.width} does not divide by heads {config.heads}"
+        )
 
 
 @dataclasses.dataclass(frozen=True)
@@ -50,15 +56,11 @@ class VisionConfig:
     mlp_dim: int = 5120
 
     def __post_init__(self) -> None:
-        _check_positive(self)
+        _check_tower(self)
         if self.image_size % self.patch_size:
             raise ValueError(
                 f"VisionConfig: image_size {self.image_size} is not a multiple of "
                 f"patch_size {self.patch_size}"
-            )
-        if self.width % self.heads:
-            raise ValueError(
-                f"VisionConfig: width {self.width} does not divide by heads {self.heads}"
             )
 
     @property
@@ -79,11 +81,7 @@ class TextConfig:
     mlp_dim: int = 4096
 
     def __post_init__(self) -> None:
-        _check_positive(self)
-        if self.width % self.heads:
-            raise ValueError(
-                f"TextConfig: width {self.width} does not divide by heads {self.heads}"
-            )
+        _check_tower(self)
 
 
 @dataclasses.dataclass(frozen=True)
@@ -213,7 +211,7 @@ class Transformer(nnx.Module):
         *,
         dtype: Any,
         param_dtype: Any,
-        remat: bool,
+        remat: RematPolicy,
         rngs: nnx.Rngs,
     ):
         @nnx.split_rngs(splits=layers)
@@ -224,26 +222,11 @@ class Transformer(nnx.Module):
             )
 
         self.blocks = make_blocks(rngs)
-        self.remat = remat
+        self.remat = RematPolicy(remat)
 
     def __call__(self, x: jax.Array, mask: jax.Array | None = None) -> jax.Array:
         """x: [B, L, W]; mask: bool[L, L] or None. Returns [B, L, W]."""
-
-        def step(x: jax.Array, block: ResidualBlock) -> jax.Array:
-            return block(x, mask)
-
-        # Tree mode (graph=False): works under jax.grad / jax.jit of a caller that closes over
-        # or passes in the module, where graph mode rejects Variables of the outer trace.
-        if self.remat:
-            step = nnx.remat(step, graph=False)
-        scan = nnx.scan(
-            step,
-            in_axes=(nnx.Carry, 0),
-            out_axes=nnx.Carry,
-            graph=False,
-            transform_metadata={nnx.PARTITION_NAME: "layers"},
-        )
-        return scan(x, self.blocks)
+        return scan(self.blocks, x, lambda block, x: block(x, mask), self.remat)
 
 
 class VisionTower(nnx.Module):
@@ -256,7 +239,7 @@ class VisionTower(nnx.Module):
         *,
         dtype: Any,
         param_dtype: Any,
-        remat: bool,
+        remat: RematPolicy,
         rngs: nnx.Rngs,
     ):
         c = config
@@ -312,7 +295,7 @@ class TextTower(nnx.Module):
         *,
         dtype: Any,
         param_dtype: Any,
-        remat: bool,
+        remat: RematPolicy,
         rngs: nnx.Rngs,
     ):
         c = config
@@ -363,7 +346,7 @@ class CLIP(nnx.Module):
         *,
         dtype: Any = jnp.float32,
         param_dtype: Any = jnp.float32,
-        remat: bool = False,
+        remat: RematPolicy = RematPolicy.NONE,
         rngs: nnx.Rngs,
     ):
         kw = dict(dtype=dtype, param_dtype=param_dtype, remat=remat, rngs=rngs)

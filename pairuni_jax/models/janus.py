@@ -20,6 +20,7 @@ from flax import nnx
 from pairuni_jax.models.llama import DecoderLayer, KVCache, LlamaConfig, LlamaModel
 from pairuni_jax.models.projector import AlignerMLP, GenerationHead
 from pairuni_jax.models.siglip import SiglipConfig, SiglipVisionModel
+from pairuni_jax.models.stack import RematPolicy
 from pairuni_jax.models.vq import VQConfig, VQModel
 from pairuni_jax.sharding import axes
 
@@ -28,13 +29,19 @@ Array = jax.Array
 
 @dataclasses.dataclass(frozen=True)
 class JanusConfig:
-    """The whole model. Presets: ``janus_pro_1b``, ``janus_pro_7b``, ``tiny``."""
+    """The whole model. Presets: ``janus_pro_1b``, ``janus_pro_7b``, ``tiny``.
+
+    tie_word_embeddings: the LM head is the token embedding table (no ``lm_head`` parameter),
+    as transformers builds a checkpoint saved with ``tie_word_embeddings: true`` and no
+    ``lm_head.weight``. Janus-Pro's own checkpoints are untied.
+    """
 
     text: LlamaConfig = dataclasses.field(default_factory=LlamaConfig)
     vision: SiglipConfig = dataclasses.field(default_factory=SiglipConfig)
     vq: VQConfig = dataclasses.field(default_factory=VQConfig)
     aligner_depth: int = 2
     image_token_id: int = 100581
+    tie_word_embeddings: bool = False
 
     def __post_init__(self):
         if self.aligner_depth < 1:
@@ -85,6 +92,7 @@ class JanusConfig:
             "vq": self.vq.to_dict(),
             "aligner_depth": self.aligner_depth,
             "image_token_id": self.image_token_id,
+            "tie_word_embeddings": self.tie_word_embeddings,
         }
 
     @classmethod
@@ -96,6 +104,7 @@ class JanusConfig:
                 vq=VQConfig.from_dict(d["vq"]),
                 aligner_depth=d.get("aligner_depth", 2),
                 image_token_id=d["image_token_id"],
+                tie_word_embeddings=d.get("tie_word_embeddings", False),
             )
         except (KeyError, TypeError) as e:
             raise ValueError(f"invalid Janus config: {e!r}") from e
@@ -111,7 +120,7 @@ class Janus(nnx.Module):
         dtype: Any = jnp.float32,
         param_dtype: Any = jnp.float32,
         scan_layers: bool = True,
-        remat: str = "none",
+        remat: RematPolicy = RematPolicy.NONE,
         rngs: nnx.Rngs,
     ):
         self.config = config
@@ -136,14 +145,18 @@ class Janus(nnx.Module):
         )
         self.generation_head = GenerationHead(h, config.vq.num_embeddings, rngs=rngs, **kw)
         self.language_model = LlamaModel(config.text, rngs=rngs, **kw, **stack)
-        self.lm_head = nnx.Linear(
-            h,
-            config.text.vocab_size,
-            use_bias=False,
-            kernel_metadata=axes("embed", "vocab"),
-            kernel_init=nnx.initializers.normal(0.02),
-            rngs=rngs,
-            **kw,
+        self.lm_head = (
+            None  # tied: the head is language_model.embed_tokens (see ``text_logits``)
+            if config.tie_word_embeddings
+            else nnx.Linear(
+                h,
+                config.text.vocab_size,
+                use_bias=False,
+                kernel_metadata=axes("embed", "vocab"),
+                kernel_init=nnx.initializers.normal(0.02),
+                rngs=rngs,
+                **kw,
+            )
         )
 
     # -- understanding -------------------------------------------------------------------------
@@ -191,7 +204,9 @@ class Janus(nnx.Module):
         return self.language_model(embeds, positions, attention_mask, cache, layers)
 
     def text_logits(self, hidden: Array) -> Array:
-        """[B, S, H] → [B, S, V]."""
+        """[B, S, H] → [B, S, V] (the embedding table transposed when tied)."""
+        if self.lm_head is None:
+            return self.language_model.embed_tokens.attend(hidden)
         return self.lm_head(hidden)
 
     def image_logits(self, hidden: Array) -> Array:

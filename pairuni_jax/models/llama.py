@@ -19,7 +19,7 @@ import jax
 import jax.numpy as jnp
 from flax import nnx
 
-from pairuni_jax.models import remat as remat_lib
+from pairuni_jax.models import stack
 from pairuni_jax.sharding import axes, constrain
 
 Array = jax.Array
@@ -280,13 +280,13 @@ class LlamaModel(nnx.Module):
         dtype: Any = jnp.float32,
         param_dtype: Any = jnp.float32,
         scan_layers: bool = True,
-        remat: str = "none",
+        remat: stack.RematPolicy = stack.RematPolicy.NONE,
         rngs: nnx.Rngs,
     ):
         self.config = config
         self.dtype = dtype
         self.scan_layers = scan_layers
-        self.remat = remat_lib.RematPolicy(remat)
+        self.remat = stack.RematPolicy(remat)
         self.embed_tokens = nnx.Embed(
             config.vocab_size,
             config.hidden_size,
@@ -342,17 +342,13 @@ class LlamaModel(nnx.Module):
         cos, sin = rope_tables(positions, c.head_dim, c.rope_theta, self.dtype)
         x = constrain(embeds.astype(self.dtype), "batch", "length", "embed")
         if cache is None:
-            graphdef, layer_state = nnx.split(self.layers)
-            causal = jnp.tril(jnp.ones((s, s), bool))
-            mask = causal[None] & attention_mask[:, None, :]
-
-            def body(x, layer_params):
-                x, _ = nnx.merge(graphdef, layer_params)(x, cos, sin, mask, None, None)
-                return x, None
-
-            body = remat_lib.apply(body, self.remat)
-            x, _ = jax.lax.scan(
-                body, x, layer_state, unroll=1 if self.scan_layers else c.num_layers
+            mask = jnp.tril(jnp.ones((s, s), bool))[None] & attention_mask[:, None, :]
+            x = stack.scan(
+                self.layers,
+                x,
+                lambda layer, x: layer(x, cos, sin, mask, None, None)[0],
+                self.remat,
+                unroll=not self.scan_layers,
             )
             return self.norm(x), None
 

@@ -14,7 +14,7 @@ import jax
 import jax.numpy as jnp
 from flax import nnx
 
-from pairuni_jax.models import remat as remat_lib
+from pairuni_jax.models import stack
 from pairuni_jax.sharding import axes, constrain
 
 Array = jax.Array
@@ -154,12 +154,12 @@ class SiglipVisionModel(nnx.Module):
         dtype: Any = jnp.float32,
         param_dtype: Any = jnp.float32,
         scan_layers: bool = True,
-        remat: str = "none",
+        remat: stack.RematPolicy = stack.RematPolicy.NONE,
         rngs: nnx.Rngs,
     ):
         self.config = config
         self.scan_layers = scan_layers
-        self.remat = remat_lib.RematPolicy(remat)
+        self.remat = stack.RematPolicy(remat)
         kw = dict(dtype=dtype, param_dtype=param_dtype)
         self.embeddings = Embeddings(config, dict(kw, rngs=rngs))
         self.encoder = Encoder(config, kw, rngs)
@@ -169,15 +169,11 @@ class SiglipVisionModel(nnx.Module):
 
     def __call__(self, pixels: Array) -> Array:
         x = constrain(self.embeddings(pixels), "batch", "length", "embed")
-        graphdef, layer_state = nnx.split(self.encoder.layers)
-
-        def body(x, layer_params):
-            return nnx.merge(graphdef, layer_params)(x), None
-
-        x, _ = jax.lax.scan(
-            remat_lib.apply(body, self.remat),
+        x = stack.scan(
+            self.encoder.layers,
             x,
-            layer_state,
-            unroll=1 if self.scan_layers else self.config.num_layers,
+            lambda layer, x: layer(x),
+            self.remat,
+            unroll=not self.scan_layers,
         )
         return self.post_layernorm(x)

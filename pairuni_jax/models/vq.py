@@ -17,7 +17,6 @@ reversed order); ``encoder.down[0]`` is the highest-resolution one.
 from __future__ import annotations
 
 import dataclasses
-from collections.abc import Callable
 from typing import Any
 
 import jax
@@ -25,6 +24,7 @@ import jax.numpy as jnp
 from flax import nnx
 
 from pairuni_jax import sharding
+from pairuni_jax.models.stack import RematPolicy, rematerialised
 
 
 @dataclasses.dataclass(frozen=True)
@@ -247,11 +247,20 @@ class MidBlock(nnx.Module):
         return self.block_2(self.attn_1(self.block_1(x)))
 
 
-class _Level(nnx.Module):
-    """ResNet blocks of one resolution level, each followed by attention when the level has it."""
+class Level(nnx.Module):
+    """One resolution level: ResNet blocks, each followed by attention when the level has it,
+    then ``downsample`` (encoder) or ``upsample`` (decoder) unless it is the last level."""
 
     def __init__(
-        self, layers: _LayerFactory, c_in: int, c_out: int, num_blocks: int, *, with_attention: bool
+        self,
+        layers: _LayerFactory,
+        c_in: int,
+        c_out: int,
+        num_blocks: int,
+        *,
+        with_attention: bool,
+        downsample: bool = False,
+        upsample: bool = False,
     ):
         channels = [c_in] + [c_out] * num_blocks
         self.block = nnx.List(
@@ -260,81 +269,38 @@ class _Level(nnx.Module):
         self.attn = nnx.List(
             [AttnBlock(layers, c_out) for _ in range(num_blocks)] if with_attention else []
         )
+        self.downsample = Downsample(layers, c_out) if downsample else None
+        self.upsample = Upsample(layers, c_out) if upsample else None
 
-    def _blocks(self, x: jax.Array) -> jax.Array:
-        """x: [B, H, W, c_in] -> [B, H, W, c_out]."""
+    def __call__(self, x: jax.Array) -> jax.Array:
+        """x: [B, H, W, c_in] -> [B, H', W', c_out]: H/2 after ``downsample``, 2H after
+        ``upsample``, H without either."""
         for i, block in enumerate(self.block):
             x = block(x)
             if len(self.attn):
                 x = self.attn[i](x)
+        for resample in (self.downsample, self.upsample):
+            if resample is not None:
+                x = resample(x)
         return x
 
 
-class DownLevel(_Level):
-    """Encoder level: blocks, then ``downsample`` (absent on the lowest-resolution level)."""
-
-    def __init__(
-        self,
-        layers: _LayerFactory,
-        c_in: int,
-        c_out: int,
-        num_blocks: int,
-        *,
-        with_attention: bool,
-        downsample: bool,
-    ):
-        super().__init__(layers, c_in, c_out, num_blocks, with_attention=with_attention)
-        self.downsample = Downsample(layers, c_out) if downsample else None
-
-    def __call__(self, x: jax.Array) -> jax.Array:
-        """x: [B, H, W, c_in] -> [B, H/2, W/2, c_out] (H, W unchanged without downsample)."""
-        x = self._blocks(x)
-        return x if self.downsample is None else self.downsample(x)
-
-
-class UpLevel(_Level):
-    """Decoder level: blocks, then ``upsample`` (absent on the highest-resolution level)."""
-
-    def __init__(
-        self,
-        layers: _LayerFactory,
-        c_in: int,
-        c_out: int,
-        num_blocks: int,
-        *,
-        with_attention: bool,
-        upsample: bool,
-    ):
-        super().__init__(layers, c_in, c_out, num_blocks, with_attention=with_attention)
-        self.upsample = Upsample(layers, c_out) if upsample else None
-
-    def __call__(self, x: jax.Array) -> jax.Array:
-        """x: [B, H, W, c_in] -> [B, 2H, 2W, c_out] (H, W unchanged without upsample)."""
-        x = self._blocks(x)
-        return x if self.upsample is None else self.upsample(x)
-
-
-def _level_runner(remat: bool) -> Callable[[nnx.Module, jax.Array], jax.Array]:
-    """Calls a level, under ``jax.checkpoint`` (via ``nnx.remat``) when ``remat``."""
-
-    def run(level: nnx.Module, x: jax.Array) -> jax.Array:
-        return level(x)
-
-    return nnx.remat(run) if remat else run
+def _call_level(level: Level, x: jax.Array) -> jax.Array:
+    return level(x)
 
 
 class Encoder(nnx.Module):
     """Pixels [B, S, S, in_channels] -> latents [B, g, g, latent_channels]."""
 
-    def __init__(self, layers: _LayerFactory, *, remat: bool = False):
+    def __init__(self, layers: _LayerFactory, *, remat: RematPolicy = RematPolicy.NONE):
         cfg = layers.config
         widths = [cfg.base_channels * m for m in cfg.channel_multiplier]
         last = len(widths) - 1
-        self.remat = remat
+        self.remat = RematPolicy(remat)
         self.conv_in = layers.conv(cfg.in_channels, widths[0], 3, padding=1)
         self.down = nnx.List(
             [
-                DownLevel(
+                Level(
                     layers,
                     widths[max(i - 1, 0)],
                     widths[i],
@@ -350,7 +316,7 @@ class Encoder(nnx.Module):
         self.conv_out = layers.conv(widths[-1], cfg.latent_channels, 3, padding=1)
 
     def __call__(self, x: jax.Array) -> jax.Array:
-        run = _level_runner(self.remat)
+        run = rematerialised(_call_level, self.remat)
         x = self.conv_in(x)
         for level in self.down:
             x = run(level, x)
@@ -361,17 +327,17 @@ class Encoder(nnx.Module):
 class Decoder(nnx.Module):
     """Latents [B, g, g, latent_channels] -> pixels [B, S, S, out_channels]."""
 
-    def __init__(self, layers: _LayerFactory, *, remat: bool = False):
+    def __init__(self, layers: _LayerFactory, *, remat: RematPolicy = RematPolicy.NONE):
         cfg = layers.config
         # Lowest resolution first, as transformers stores them.
         widths = [cfg.base_channels * m for m in reversed(cfg.channel_multiplier)]
         last = len(widths) - 1
-        self.remat = remat
+        self.remat = RematPolicy(remat)
         self.conv_in = layers.conv(cfg.latent_channels, widths[0], 3, padding=1)
         self.mid = MidBlock(layers, widths[0])
         self.up = nnx.List(
             [
-                UpLevel(
+                Level(
                     layers,
                     widths[max(i - 1, 0)],
                     widths[i],
@@ -386,7 +352,7 @@ class Decoder(nnx.Module):
         self.conv_out = layers.conv(widths[-1], cfg.out_channels, 3, padding=1)
 
     def __call__(self, z: jax.Array) -> jax.Array:
-        run = _level_runner(self.remat)
+        run = rematerialised(_call_level, self.remat)
         x = self.mid(self.conv_in(z))
         for level in self.up:
             x = run(level, x)
@@ -433,9 +399,9 @@ class VQModel(nnx.Module):
     ``post_quant_conv``, ``decoder`` (names as transformers' ``JanusVQVAE``).
 
     ``dtype`` is the compute dtype (bf16 on accelerators); GroupNorm statistics, attention
-    softmax and all codebook math run in fp32 regardless. ``remat`` wraps every resolution level
-    of the encoder and decoder in ``jax.checkpoint`` (saves activation memory at 384x384 when
-    differentiating through the decoder).
+    softmax and all codebook math run in fp32 regardless. ``remat`` applies to every resolution
+    level of the encoder and decoder (saves activation memory at 384x384 when differentiating
+    through the decoder).
     """
 
     def __init__(
@@ -444,7 +410,7 @@ class VQModel(nnx.Module):
         *,
         dtype: Any = jnp.float32,
         param_dtype: Any = jnp.float32,
-        remat: bool = False,
+        remat: RematPolicy = RematPolicy.NONE,
         rngs: nnx.Rngs,
     ):
         self.config = config

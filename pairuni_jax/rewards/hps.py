@@ -13,12 +13,12 @@ from pathlib import Path
 import jax
 import jax.numpy as jnp
 from flax import nnx
-from jax.sharding import Mesh, SingleDeviceSharding
+from jax.sharding import Mesh
 
-from pairuni_jax import sharding
 from pairuni_jax.checkpoint import model_dir
 from pairuni_jax.checkpoint.hpsv2 import REWARD_KIND
 from pairuni_jax.models.clip import CLIP, CLIPConfig
+from pairuni_jax.models.stack import RematPolicy
 from pairuni_jax.rewards.preprocess import janus_to_clip
 
 
@@ -58,13 +58,24 @@ def hps_score(
     return jnp.sum(image * text, axis=-1)
 
 
+def read_reward_config(directory: str | Path) -> CLIPConfig:
+    """The CLIPConfig of a reward directory written by ``pairuni convert hpsv2``."""
+    meta = model_dir.read_config(directory)
+    if meta.get("kind") != REWARD_KIND:
+        raise model_dir.NotAModelDirError(
+            f"{directory}/{model_dir.CONFIG_FILE}: kind is {meta.get('kind')!r}, "
+            f"expected {REWARD_KIND!r} (write it with `pairuni convert hpsv2`)"
+        )
+    return CLIPConfig.from_dict(meta["clip"])
+
+
 def load_reward_model(
     directory: str | Path,
     mesh: Mesh | None = None,
     *,
     dtype: jnp.dtype = jnp.float32,
     param_dtype: jnp.dtype = jnp.float32,
-    remat: bool = False,
+    remat: RematPolicy = RematPolicy.NONE,
 ) -> CLIP:
     """Restores a reward directory written by ``pairuni convert hpsv2``.
 
@@ -73,22 +84,8 @@ def load_reward_model(
     dtype: compute dtype (bf16 on accelerators); param_dtype: stored params are fp32 and are
       cast on restore.
     """
-    meta = model_dir.read_config(directory)
-    if meta.get("kind") != REWARD_KIND:
-        raise model_dir.NotAModelDirError(
-            f"{directory}/{model_dir.CONFIG_FILE}: kind is {meta.get('kind')!r}, "
-            f"expected {REWARD_KIND!r} (write it with `pairuni convert hpsv2`)"
-        )
-    config = CLIPConfig.from_dict(meta["clip"])
+    config = read_reward_config(directory)
     abstract = nnx.eval_shape(
         lambda: CLIP(config, dtype=dtype, param_dtype=param_dtype, remat=remat, rngs=nnx.Rngs(0))
     )
-    graphdef, state = nnx.split(abstract)
-    if mesh is not None:
-        shardings = nnx.to_pure_dict(sharding.state_shardings(state, mesh))
-    else:
-        device = SingleDeviceSharding(jax.devices()[0])
-        shardings = jax.tree.map(lambda _: device, nnx.to_pure_dict(state))
-    target = model_dir.abstract_like(nnx.to_pure_dict(state), shardings)
-    nnx.replace_by_pure_dict(state, model_dir.restore_params(directory, target))
-    return nnx.merge(graphdef, state)
+    return model_dir.restore_module(directory, abstract, mesh)

@@ -13,7 +13,7 @@ import jax.numpy as jnp
 Array = jax.Array
 
 
-def token_logprobs(
+def chunked_logprobs_and_entropy(
     hidden: Array,
     targets: Array,
     logits_fn: Callable[[Array], Array],

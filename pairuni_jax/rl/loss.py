@@ -37,8 +37,22 @@ class KLEstimator(enum.Enum):
 
 @dataclasses.dataclass(frozen=True)
 class LossConfig:
+    """The clipped policy objective (``grpo.loss`` in a run config).
+
+    Attributes:
+        epsilon: ε, the lower clip: the ratio ρ = π/π_old is clipped to [1 − ε, 1 + ε_high].
+        epsilon_high: ε_high, the upper clip; None: symmetric (= ``epsilon``). DAPO's
+            clip-higher uses a larger ε_high (e.g. 0.28).
+        aggregation: how per-token losses become one number: ``token_mean`` (T2I-R1),
+            ``sequence_mean`` (ULM-R1) or ``token_sum`` (see ``Aggregation``).
+        kl_beta: β, the weight of the KL(π ‖ π_ref) penalty; 0 turns it off and keeps no
+            reference copy of the params.
+        kl_estimator: the per-token KL estimate from sampled-token log-probs: ``k1``
+            (logp − ref) or ``k3`` (Schulman's, always ≥ 0).
+    """
+
     epsilon: float = 0.2
-    epsilon_high: float | None = None  # None: symmetric clipping
+    epsilon_high: float | None = None
     aggregation: Aggregation = Aggregation.TOKEN_MEAN
     kl_beta: float = 0.0
     kl_estimator: KLEstimator = KLEstimator.K3

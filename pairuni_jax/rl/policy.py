@@ -17,7 +17,7 @@ import jax
 import jax.numpy as jnp
 
 from pairuni_jax.models.janus import Janus, positions_from_mask
-from pairuni_jax.rl.logprobs import token_logprobs
+from pairuni_jax.rl.logprobs import chunked_logprobs_and_entropy
 from pairuni_jax.rollout.image import cfg_batch, guided_logits
 
 Array = jax.Array
@@ -50,7 +50,7 @@ def answer_logprobs(
     )
     mask = jnp.concatenate([prompt_mask, completion_mask], axis=1)
     hidden, _ = model(embeds, positions_from_mask(mask), mask)
-    return token_logprobs(
+    return chunked_logprobs_and_entropy(
         hidden[:, s - 1 : s - 1 + n], completion, model.text_logits, temperature, chunk_size
     )
 
@@ -85,7 +85,9 @@ def image_logprobs(
     hidden, _ = model(embeds, positions_from_mask(mask), mask)
     hidden = hidden[:, s - 1 : s - 1 + p]
     if mode is ImageLogprob.CONDITIONAL:
-        return token_logprobs(hidden, tokens, model.image_logits, temperature, chunk_size)
+        return chunked_logprobs_and_entropy(
+            hidden, tokens, model.image_logits, temperature, chunk_size
+        )
     # Cond and uncond states side by side on the feature axis, so chunks keep their pairs.
     b, h = tokens.shape[0], hidden.shape[-1]
     paired = hidden.reshape(b, 2, p, h).transpose(0, 2, 1, 3).reshape(b, p, 2 * h)
@@ -96,4 +98,4 @@ def image_logprobs(
         guided, _ = guided_logits(interleaved, cfg_weight)
         return guided.reshape(*x.shape[:-1], -1)
 
-    return token_logprobs(paired, tokens, logits_fn, temperature, chunk_size)
+    return chunked_logprobs_and_entropy(paired, tokens, logits_fn, temperature, chunk_size)

@@ -3,7 +3,7 @@
 Shape letters: P pairs in the batch, K_u answers and K_g images per pair, B_u = P·K_u and
 B_g = P·K_g rollout rows (pair-major: row p·K + k), N answer tokens, I image tokens.
 
-``TrainStep(...)(state, batch, rng) -> (state, metrics)`` runs one compiled program:
+``TrainStep(...)(state, batch, rng) -> (state, metrics, samples)`` runs one compiled program:
 
 1. sample K_u answers per understanding prompt and K_g CFG images per generation prompt (no grad);
 2. VQ-decode the images and score both sides (accuracy from token ids, HPS from pixels);
@@ -32,6 +32,12 @@ from pairuni_jax.models.vq import to_uint8
 from pairuni_jax.rl import advantages as adv_lib
 from pairuni_jax.rl.loss import Aggregation, LossConfig, aggregate, policy_loss
 from pairuni_jax.rl.policy import ImageLogprob, answer_logprobs, image_logprobs
+from pairuni_jax.rl.rollout_data import (
+    GenerationRollouts,
+    SideRollouts,
+    StepSamples,
+    UnderstandingRollouts,
+)
 from pairuni_jax.rollout.image import ImageSettings, sample_images
 from pairuni_jax.rollout.text import TextSettings, sample_text
 
@@ -46,15 +52,34 @@ GenerationRewardFn = Callable[[Any, Array, Array, Batch, int], tuple[Array, dict
 
 @dataclasses.dataclass(frozen=True)
 class RolloutConfig:
-    num_und_rollouts: int = 8  # K_u (PairUni-1B: 8, 7B: 4)
-    num_gen_rollouts: int = 8  # K_g
+    """How the step samples (``grpo.rollout`` in a run config).
+
+    Attributes:
+        num_und_rollouts: K_u, answers sampled per understanding prompt: the size of each
+            understanding group (PairUni-1B: 8, 7B: 4). At least 2.
+        num_gen_rollouts: K_g, images sampled per generation prompt (the generation group).
+        max_new_tokens: N, the answer length buffer; answers stop earlier at EOS.
+        text_temperature: divides the answer logits when sampling and when re-scoring.
+        top_k: keep the k most likely answer tokens when sampling; 0 = off. The loss re-scores
+            with the plain temperature softmax, so keep top-k and top-p off unless you accept
+            that off-policy gap.
+        top_p: nucleus mass for answer sampling; 1 = off.
+        cfg_weight: w, the classifier-free guidance weight of image sampling (1 = conditional
+            only); the guided log-probs use it too.
+        image_temperature: divides the guided image logits.
+        image_cache_segments: ``ImageSettings.cache_segments``: the image decode runs as this
+            many loops over a growing KV cache (decode speed vs compile time).
+    """
+
+    num_und_rollouts: int = 8
+    num_gen_rollouts: int = 8
     max_new_tokens: int = 64
     text_temperature: float = 1.0
-    top_k: int = 0  # 0: off. The loss re-scores with the plain temperature softmax, so keep
-    top_p: float = 1.0  # these off unless you accept that off-policy gap.
+    top_k: int = 0
+    top_p: float = 1.0
     cfg_weight: float = 5.0
     image_temperature: float = 1.0
-    image_cache_segments: int = 4  # ImageSettings.cache_segments: decode speed vs compile time
+    image_cache_segments: int = 4
 
     def __post_init__(self):
         if self.num_und_rollouts < 2 or self.num_gen_rollouts < 2:
@@ -65,6 +90,28 @@ class RolloutConfig:
 
 @dataclasses.dataclass(frozen=True)
 class GRPOConfig:
+    """The Pair-GRPO algorithm (``grpo`` in a run config).
+
+    Attributes:
+        rollout: how answers and images are sampled.
+        loss: the clipped objective, its aggregation and the optional KL term.
+        pair_weighting: how a retrieved pair's similarity s becomes its weight w_p (aligned
+            pairs weigh 1): ``sqrt`` (PairUni), ``linear`` or ``none``.
+        advantage_eps: added to the group's reward std before dividing (A = (r − mean) /
+            (std + eps)).
+        image_logprob: which image log-probs the loss uses: ``conditional`` (the conditional
+            branch alone, T2I-R1) or ``guided`` (through CFG, Janus-Pro-R1).
+        understanding_weight: w_u, the weight of the understanding loss in w_u·L_u + w_g·L_g.
+        generation_weight: w_g, the weight of the generation loss.
+        inner_iterations: μ, optimizer updates per batch of rollouts (the first one is
+            on-policy; later ones are clipped against the sampling-time log-probs).
+        micro_batches: gradient accumulation inside the step: each side's rows are split into
+            this many parts, with exact (sum, denominator) accumulation.
+        frozen_modules: top-level Janus modules that get no gradient and no optimizer state.
+        logprob_chunk: positions per chunk when re-scoring (the [B, chunk, V] logits of one
+            chunk exist at a time, recomputed in the backward).
+    """
+
     rollout: RolloutConfig = dataclasses.field(default_factory=RolloutConfig)
     loss: LossConfig = dataclasses.field(default_factory=LossConfig)
     pair_weighting: adv_lib.PairWeighting = adv_lib.PairWeighting.SQRT
@@ -72,8 +119,8 @@ class GRPOConfig:
     image_logprob: ImageLogprob = ImageLogprob.CONDITIONAL
     understanding_weight: float = 1.0
     generation_weight: float = 1.0
-    inner_iterations: int = 1  # μ
-    micro_batches: int = 1  # gradient accumulation inside the step
+    inner_iterations: int = 1
+    micro_batches: int = 1
     frozen_modules: tuple[str, ...] = ("vision_model", "vqmodel")
     logprob_chunk: int = 128
 
@@ -125,10 +172,6 @@ def _repeat(x: Array, k: int) -> Array:
     return jnp.repeat(x, k, axis=0)
 
 
-def _stats(x: Array) -> tuple[Array, Array]:
-    return jnp.mean(x), jnp.std(x)
-
-
 def _micro(x: Array, m: int) -> Array:
     if x.shape[0] % m:
         raise ValueError(f"{x.shape[0]} rows do not split into {m} micro-batches")
@@ -161,15 +204,13 @@ class TrainStep:
         self.reward_state = reward_state
         self.learning_rate = learning_rate
         self.jitted = jax.jit(self._step, donate_argnums=(0,))
-        self.last_samples: dict[str, Array] | None = None
 
     def __call__(
         self, state: TrainState, batch: Batch, rng: Array
-    ) -> tuple[TrainState, dict[str, Array]]:
-        """One step. The rollouts of the batch's first pair (images as uint8, answers, rewards)
-        stay on the device in ``self.last_samples`` until a caller reads them."""
-        state, metrics, self.last_samples = self.jitted(state, batch, rng, self.reward_state)
-        return state, metrics
+    ) -> tuple[TrainState, dict[str, Array], StepSamples]:
+        """One step: the new state, the step's metrics and the rollouts of the batch's first
+        pair (``StepSamples``; on the device until a caller reads them)."""
+        return self.jitted(state, batch, rng, self.reward_state)
 
     def lower(self, state, batch, rng):
         """Ahead-of-time lowering (for ``compiled.memory_analysis()`` and cost analysis)."""
@@ -205,15 +246,6 @@ class TrainStep:
             rng_image,
             dataclasses.replace(self.image_settings, samples_per_prompt=kg),
         )
-        und = {
-            "prompt_ids": _repeat(batch["und_input_ids"], ku),
-            "prompt_mask": _repeat(batch["und_attention_mask"], ku),
-            "pixel_values": _repeat(batch["und_pixel_values"], ku),
-        }
-        gen = {
-            "prompt_ids": _repeat(batch["gen_input_ids"], kg),
-            "prompt_mask": _repeat(batch["gen_attention_mask"], kg),
-        }
         text, images = jax.lax.stop_gradient((text, images))
         pixels = jax.lax.stop_gradient(model.decode_image_tokens(images.tokens))
         und_reward, und_parts = self.understanding_reward(
@@ -227,29 +259,41 @@ class TrainStep:
         weights = adv_lib.pair_weights(
             batch["similarity"], batch["pair_weight_aligned"], c.pair_weighting
         )
-        und["advantages"] = adv_lib.weighted_advantages(
-            und_reward.reshape(num_pairs, ku), weights, c.advantage_eps
-        ).reshape(-1)
-        gen["advantages"] = adv_lib.weighted_advantages(
-            gen_reward.reshape(num_pairs, kg), weights, c.advantage_eps
-        ).reshape(-1)
-        und.update(completion=text.tokens, mask=text.mask, old_logp=text.log_probs)
-        old_image = (
-            images.log_probs if c.image_logprob is ImageLogprob.GUIDED else images.cond_log_probs
+
+        def advantages(reward: Array, k: int) -> Array:
+            grouped = reward.reshape(num_pairs, k)
+            return adv_lib.weighted_advantages(grouped, weights, c.advantage_eps).reshape(-1)
+
+        und = UnderstandingRollouts(
+            prompt_ids=_repeat(batch["und_input_ids"], ku),
+            prompt_mask=_repeat(batch["und_attention_mask"], ku),
+            pixel_values=_repeat(batch["und_pixel_values"], ku),
+            completion=text.tokens,
+            mask=text.mask,
+            old_logp=text.log_probs,
+            advantages=advantages(und_reward, ku),
+            ref_logp=None,
         )
-        gen.update(
-            tokens=images.tokens, mask=jnp.ones(images.tokens.shape, bool), old_logp=old_image
+        guided = c.image_logprob is ImageLogprob.GUIDED
+        gen = GenerationRollouts(
+            prompt_ids=_repeat(batch["gen_input_ids"], kg),
+            prompt_mask=_repeat(batch["gen_attention_mask"], kg),
+            completion=images.tokens,
+            mask=jnp.ones(images.tokens.shape, bool),
+            old_logp=images.log_probs if guided else images.cond_log_probs,
+            advantages=advantages(gen_reward, kg),
+            ref_logp=None,
         )
         if c.loss.kl_beta > 0:
             ref_model = self._model(state.ref_params, state.frozen)
-            und["ref_logp"] = self._answer_logprobs(ref_model, und)[0]
-            gen["ref_logp"] = self._image_logprobs(ref_model, gen)[0]
+            und = und.replace(ref_logp=self._answer_logprobs(ref_model, und)[0])
+            gen = gen.replace(ref_logp=self._image_logprobs(ref_model, gen)[0])
         und, gen = jax.lax.stop_gradient((und, gen))
 
         # 3. μ inner iterations of gradient + update.
-        denominators = (
-            aggregate(und["mask"].astype(jnp.float32), und["mask"], c.loss.aggregation)[1],
-            aggregate(gen["mask"].astype(jnp.float32), gen["mask"], c.loss.aggregation)[1],
+        denominators = tuple(
+            aggregate(side.mask.astype(jnp.float32), side.mask, c.loss.aggregation)[1]
+            for side in (und, gen)
         )
 
         def iteration(carry, _):
@@ -264,48 +308,45 @@ class TrainStep:
         aux = jax.tree.map(lambda x: x[0], aux)  # diagnostics of the first (on-policy) iteration
         new_state = state.replace(step=state.step + 1, params=params, opt_state=opt_state)
 
-        metrics = self._metrics(
-            text,
-            images,
-            und,
-            gen,
-            und_reward,
-            gen_reward,
-            und_parts,
-            gen_parts,
-            weights,
-            aux,
-            grad_norms[0],
-            state.step,
-        )
-        samples = {
-            "images": to_uint8(pixels[:kg]),
-            "image_rewards": gen_reward[:kg],
-            "answers": text.tokens[:ku],
-            "answer_mask": text.mask[:ku],
-            "answer_rewards": und_reward[:ku],
+        metrics = {
+            **_side_metrics("und", und_reward, und_parts, und, aux["und"]),
+            **_side_metrics("gen", gen_reward, gen_parts, gen, aux["gen"]),
+            "und/completion_length": jnp.mean(text.lengths.astype(jnp.float32)),
+            "und/tokens_sampled": jnp.sum(text.lengths).astype(jnp.float32),
+            "gen/tokens_sampled": jnp.float32(images.tokens.size),
+            "pair_weight_mean": jnp.mean(weights),
+            "grad_norm": grad_norms[0],
         }
+        if self.learning_rate is not None:
+            metrics["learning_rate"] = jnp.asarray(self.learning_rate(state.step), jnp.float32)
+        samples = StepSamples(
+            images=to_uint8(pixels[:kg]),
+            image_rewards=gen_reward[:kg],
+            answers=text.tokens[:ku],
+            answer_mask=text.mask[:ku],
+            answer_rewards=und_reward[:ku],
+        )
         return new_state, metrics, samples
 
-    def _answer_logprobs(self, model: Janus, und: dict) -> tuple[Array, Array]:
+    def _answer_logprobs(self, model: Janus, und: UnderstandingRollouts) -> tuple[Array, Array]:
         return answer_logprobs(
             model,
-            und["prompt_ids"],
-            und["prompt_mask"],
-            und["pixel_values"],
-            und["completion"],
-            und["mask"],
+            und.prompt_ids,
+            und.prompt_mask,
+            und.pixel_values,
+            und.completion,
+            und.mask,
             self.config.rollout.text_temperature,
             self.config.logprob_chunk,
         )
 
-    def _image_logprobs(self, model: Janus, gen: dict) -> tuple[Array, Array]:
+    def _image_logprobs(self, model: Janus, gen: GenerationRollouts) -> tuple[Array, Array]:
         r = self.config.rollout
         return image_logprobs(
             model,
-            gen["prompt_ids"],
-            gen["prompt_mask"],
-            gen["tokens"],
+            gen.prompt_ids,
+            gen.prompt_mask,
+            gen.completion,
             self.config.image_logprob,
             r.cfg_weight,
             r.image_temperature,
@@ -313,48 +354,34 @@ class TrainStep:
             self.config.logprob_chunk,
         )
 
-    def _side_loss(self, logp: Array, side: dict) -> dict[str, tuple[Array, Array]]:
-        return policy_loss(
-            logp,
-            side["old_logp"],
-            side["advantages"],
-            side["mask"],
-            self.config.loss,
-            ref_logp=side.get("ref_logp"),
+    def _side_terms(self, logp: Array, entropy: Array, side: SideRollouts) -> dict:
+        """(sum, denominator) of the side's loss terms and diagnostics for one micro-batch."""
+        terms = policy_loss(
+            logp, side.old_logp, side.advantages, side.mask, self.config.loss, side.ref_logp
         )
+        terms["entropy"] = aggregate(entropy, side.mask, Aggregation.TOKEN_MEAN)
+        gap = jnp.abs(logp - side.old_logp)
+        terms["logp_gap"] = aggregate(gap, side.mask, Aggregation.TOKEN_MEAN)
+        return terms
 
-    def _gradient(self, params, frozen, und: dict, gen: dict, denominators):
+    def _gradient(
+        self, params, frozen, und: UnderstandingRollouts, gen: GenerationRollouts, denominators
+    ):
         """Gradient of w_u·L_u + w_g·L_g, accumulated over micro-batches with global denominators."""
         c = self.config
         m = c.micro_batches
         und_mb = jax.tree.map(lambda x: _micro(x, m), und)
         gen_mb = jax.tree.map(lambda x: _micro(x, m), gen)
 
-        def loss_fn(params, und_part, gen_part):
+        def loss_fn(params, und_part: UnderstandingRollouts, gen_part: GenerationRollouts):
             model = self._model(params, frozen)
-            und_logp, und_entropy = self._answer_logprobs(model, und_part)
-            gen_logp, gen_entropy = self._image_logprobs(model, gen_part)
-            und_out = self._side_loss(und_logp, und_part)
-            gen_out = self._side_loss(gen_logp, gen_part)
-            loss = c.understanding_weight * und_out["loss"][0] / jnp.maximum(
-                denominators[0], 1.0
-            ) + c.generation_weight * gen_out["loss"][0] / jnp.maximum(denominators[1], 1.0)
             sums = {
-                "und": und_out,
-                "gen": gen_out,
-                "und_entropy": aggregate(und_entropy, und_part["mask"], Aggregation.TOKEN_MEAN),
-                "gen_entropy": aggregate(gen_entropy, gen_part["mask"], Aggregation.TOKEN_MEAN),
-                "und_logp_gap": aggregate(
-                    jnp.abs(und_logp - und_part["old_logp"]),
-                    und_part["mask"],
-                    Aggregation.TOKEN_MEAN,
-                ),
-                "gen_logp_gap": aggregate(
-                    jnp.abs(gen_logp - gen_part["old_logp"]),
-                    gen_part["mask"],
-                    Aggregation.TOKEN_MEAN,
-                ),
+                "und": self._side_terms(*self._answer_logprobs(model, und_part), und_part),
+                "gen": self._side_terms(*self._image_logprobs(model, gen_part), gen_part),
             }
+            loss = c.understanding_weight * sums["und"]["loss"][0] / jnp.maximum(
+                denominators[0], 1.0
+            ) + c.generation_weight * sums["gen"]["loss"][0] / jnp.maximum(denominators[1], 1.0)
             return loss, sums
 
         grad_fn = jax.grad(loss_fn, has_aux=True)
@@ -373,43 +400,22 @@ class TrainStep:
         (grads, sums), _ = jax.lax.scan(accumulate, (zero_grads, zero_sums), (und_mb, gen_mb))
         return grads, sums
 
-    def _metrics(
-        self,
-        text,
-        images,
-        und,
-        gen,
-        und_reward,
-        gen_reward,
-        und_parts,
-        gen_parts,
-        weights,
-        aux,
-        grad_norm,
-        step,
-    ) -> dict[str, Array]:
-        ratio = lambda pair: pair[0] / jnp.maximum(pair[1], 1.0)  # noqa: E731
-        metrics = {}
-        for side, reward, parts, adv in (
-            ("und", und_reward, und_parts, und["advantages"]),
-            ("gen", gen_reward, gen_parts, gen["advantages"]),
-        ):
-            metrics[f"{side}/reward_mean"], metrics[f"{side}/reward_std"] = _stats(reward)
-            for name, values in parts.items():
-                metrics[f"{side}/{name}"] = jnp.mean(values)
-            metrics[f"{side}/advantage_abs_mean"] = jnp.mean(jnp.abs(adv))
-            metrics[f"{side}/advantage_std"] = jnp.std(adv)
-            metrics[f"{side}/policy_loss"] = ratio(aux[side]["loss"])
-            metrics[f"{side}/clip_fraction"] = ratio(aux[side]["clip_fraction"])
-            metrics[f"{side}/entropy"] = ratio(aux[f"{side}_entropy"])
-            metrics[f"{side}/logp_gap"] = ratio(aux[f"{side}_logp_gap"])
-            if "kl" in aux[side]:
-                metrics[f"{side}/kl"] = ratio(aux[side]["kl"])
-        metrics["und/completion_length"] = jnp.mean(text.lengths.astype(jnp.float32))
-        metrics["und/tokens_sampled"] = jnp.sum(text.lengths).astype(jnp.float32)
-        metrics["gen/tokens_sampled"] = jnp.float32(images.tokens.size)
-        metrics["pair_weight_mean"] = jnp.mean(weights)
-        metrics["grad_norm"] = grad_norm
-        if self.learning_rate is not None:
-            metrics["learning_rate"] = jnp.asarray(self.learning_rate(step), jnp.float32)
-        return metrics
+
+def _side_metrics(
+    side: str, reward: Array, parts: dict[str, Array], rollouts: SideRollouts, aux: dict
+) -> dict[str, Array]:
+    """``{side}/...`` metrics: reward statistics and parts, advantages, and the loss terms of
+    the first inner iteration (``aux``: name → (sum, denominator))."""
+    ratio = lambda pair: pair[0] / jnp.maximum(pair[1], 1.0)  # noqa: E731
+    metrics = {
+        f"{side}/reward_mean": jnp.mean(reward),
+        f"{side}/reward_std": jnp.std(reward),
+        **{f"{side}/{name}": jnp.mean(values) for name, values in parts.items()},
+        f"{side}/advantage_abs_mean": jnp.mean(jnp.abs(rollouts.advantages)),
+        f"{side}/advantage_std": jnp.std(rollouts.advantages),
+        f"{side}/policy_loss": ratio(aux["loss"]),
+    }
+    for name in ("clip_fraction", "entropy", "logp_gap", "kl"):
+        if name in aux:
+            metrics[f"{side}/{name}"] = ratio(aux[name])
+    return metrics

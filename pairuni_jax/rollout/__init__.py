@@ -4,10 +4,11 @@ from pairuni_jax.rollout.image import (
     ImageRollout,
     ImageSettings,
     decode_images,
+    decode_images_jit,
     sample_images,
     sample_images_jit,
 )
-from pairuni_jax.rollout.sampling import SamplingRule, token_log_probs
+from pairuni_jax.rollout.sampling import SamplingRule, rule_log_probs
 from pairuni_jax.rollout.text import TextRollout, TextSettings, sample_text, sample_text_jit
 
 __all__ = [
@@ -17,9 +18,10 @@ __all__ = [
     "TextRollout",
     "TextSettings",
     "decode_images",
+    "decode_images_jit",
     "sample_images",
     "sample_images_jit",
     "sample_text",
     "sample_text_jit",
-    "token_log_probs",
+    "rule_log_probs",
 ]

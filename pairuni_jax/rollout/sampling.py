@@ -4,7 +4,7 @@ Shape letters: B rows, V vocabulary (or image codebook).
 
 The *sampling distribution* of a rule is ``softmax(filtered_logits(logits, rule))``: the logits
 divided by the temperature, with every token outside the top-k and outside the top-p nucleus set to
--inf. ``token_log_probs`` evaluates it on any logits (for example a teacher-forced forward), so the
+-inf. ``rule_log_probs`` evaluates it on any logits (for example a teacher-forced forward), so the
 log-probs a rollout returns and the ones a train step recomputes are the same function. Greedy
 decoding picks the argmax and reports log-probs under the untempered model, ``softmax(logits)``.
 """
@@ -64,8 +64,13 @@ def filtered_logits(logits: Array, rule: SamplingRule) -> Array:
     return jnp.where(x >= threshold, x, -jnp.inf)
 
 
-def token_log_probs(logits: Array, tokens: Array, rule: SamplingRule) -> Array:
-    """Log-probs of ``tokens: int[...]`` under the sampling distribution of ``logits: [..., V]``."""
+def rule_log_probs(logits: Array, tokens: Array, rule: SamplingRule) -> Array:
+    """Log-probs of ``tokens: int[...]`` under the sampling distribution of ``logits: [..., V]``.
+
+    For logits already computed (a decode step). The teacher-forced training forward, which
+    starts from hidden states and also needs entropies, uses
+    ``rl.logprobs.chunked_logprobs_and_entropy``.
+    """
     log_probs = jax.nn.log_softmax(filtered_logits(logits, rule), axis=-1)
     return jnp.take_along_axis(log_probs, tokens[..., None].astype(jnp.int32), axis=-1)[..., 0]
 

@@ -5,7 +5,7 @@ V vocabulary.
 
 ``sample_text`` is a pure function of the model, the batch arrays, a PRNG key and the (static)
 settings with fixed output shapes, so it can run inside a larger jitted program (the train step)
-or alone under ``nnx.jit`` (``sample_text_jit``). With ``(graphdef, params)`` call it on
+or alone (``sample_text_jit``, ``jax.jit`` over the split model state). With ``(graphdef, params)`` call it on
 ``nnx.merge(graphdef, params)`` inside the jitted function.
 """
 
@@ -159,7 +159,13 @@ def completion_mask(tokens: Array, eos_id: int) -> Array:
     return jnp.cumsum(is_eos, axis=-1) - is_eos == 0
 
 
-@functools.partial(nnx.jit, static_argnames=("settings",))
-def sample_text_jit(model, input_ids, prompt_mask, pixel_values, image_mask, rng, settings):
-    """``sample_text`` compiled on its own (CLI, benchmark): one program, cache inside it."""
+@functools.partial(jax.jit, static_argnames=("graphdef", "settings"))
+def _sample_text(graphdef, state, input_ids, prompt_mask, pixel_values, image_mask, rng, settings):
+    model = nnx.merge(graphdef, state)
     return sample_text(model, input_ids, prompt_mask, pixel_values, image_mask, rng, settings)
+
+
+def sample_text_jit(model: Janus, *args, **kwargs) -> TextRollout:
+    """``sample_text(model, ...)`` as one compiled program (CLI, benchmarks; the KV cache lives
+    inside it): ``jax.jit`` over the split model state (see ``image.sample_images_jit``)."""
+    return _sample_text(*nnx.split(model), *args, **kwargs)
