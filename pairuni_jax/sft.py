@@ -30,6 +30,7 @@ from tqdm import tqdm
 
 from pairuni_jax import sharding
 from pairuni_jax.checkpoint import convert as janus_convert
+from pairuni_jax.config import ConfigError
 from pairuni_jax.data.pipeline import DataConfig, PairPipeline
 from pairuni_jax.data.prompts import SpecialIds, load_tokenizer
 from pairuni_jax.rl import optimizer as opt_lib
@@ -232,7 +233,15 @@ def run_sft(config: SFTRunConfig, overwrite: bool = False) -> list[dict[str, flo
     policy, tokenizer_dir = load_policy(config.model, mesh, out.parent)
     tokenizer = load_tokenizer(tokenizer_dir)
     ids = SpecialIds.from_tokenizer(tokenizer)
-    pipeline = PairPipeline(config.data, tokenizer, _no_hps_tokens)
+    # The image targets are VQ tokens: load the generation images at the VQ's size.
+    vq_size = policy.config.vq.image_size
+    if config.data.generation_image_size not in (None, vq_size):
+        raise ConfigError(
+            f"data.generation_image_size = {config.data.generation_image_size}, but the "
+            f"model's VQ encodes {vq_size} px images"
+        )
+    data_config = dataclasses.replace(config.data, generation_image_size=vq_size)
+    pipeline = PairPipeline(data_config, tokenizer, _no_hps_tokens)
     optimizer = opt_lib.make_optimizer(config.optimizer)
     graphdef, state = init_sft_state(policy, config.sft, optimizer)
     state = jax.device_put(state, sharding.tree_shardings(state, mesh))

@@ -3,7 +3,7 @@
 Three stages, each reading the previous one's output (build the pairs first:
 ``scripts/build_demo_data.py``):
 
-1. ``vq``: a tiny VQ (32 px images, 4 x 4 tokens, 256 codes) trained as an autoencoder on the
+1. ``vq``: a tiny VQ (16 px images, 4 x 4 tokens, 128 codes) trained as an autoencoder on the
    demo images (``pairuni_jax.demo.vq_autoencoder``) -> ``WORK/vq`` (an Orbax params dir).
 2. ``reward``: a tiny CLIP of the HPS architecture trained contrastively on (image, caption) of
    the demo pairs, each image both as drawn and as the VQ reconstructs it
@@ -58,19 +58,19 @@ from pairuni_jax.run_config import ASSETS, ModelSection
 from pairuni_jax.sft import SFTConfig, SFTRunConfig, run_sft
 
 ROOT = Path(__file__).resolve().parents[1]
-IMAGE_SIZE = 32
+IMAGE_SIZE = 16  # the VQ's (generated) images and the reward CLIP's input
 VQ = VQConfig(
-    num_embeddings=256,
+    num_embeddings=128,
     embed_dim=8,
     latent_channels=32,
-    base_channels=8,
-    channel_multiplier=(1, 2, 2, 4),
+    base_channels=16,
+    channel_multiplier=(1, 2, 2),
     num_res_blocks=1,
     num_groups=8,
     image_size=IMAGE_SIZE,
 )
-VQ_TRAIN = VQTrainConfig(steps=1500, continuous_steps=300, batch_size=32, seed=0)
-CLIP_TRAIN = CLIPTrainConfig(steps=800, batch_size=64, seed=0)
+VQ_TRAIN = VQTrainConfig(steps=600, continuous_steps=150, batch_size=32, seed=0)
+CLIP_TRAIN = CLIPTrainConfig(steps=600, batch_size=64, seed=0)
 POLICY = JanusConfig(
     text=LlamaConfig.tiny(),
     vision=SiglipConfig.tiny(),
@@ -78,7 +78,7 @@ POLICY = JanusConfig(
     image_token_id=3,  # `<image_placeholder>` in the bundled tiny tokenizer
 )
 POLICY_INIT_SEED = 0
-SFT_STEPS = 600
+SFT_STEPS = 300
 SFT_PAIRS = 16
 SFT_LEARNING_RATE = 1e-3  # constant: a longer run passes through the same models
 
@@ -96,7 +96,7 @@ def demo_annotations(pairs: Path = DEMO_PAIRS) -> list[tuple[Path, str]]:
 
 
 def load_images(paths: list[Path]) -> np.ndarray:
-    """float32[N, 32, 32, 3] in [-1, 1], as the data pipeline prepares them."""
+    """float32[N, 16, 16, 3] in [-1, 1], as the data pipeline prepares them."""
     return np.stack([image_lib.load_and_preprocess(p, IMAGE_SIZE) for p in paths])
 
 
@@ -141,7 +141,7 @@ def build_reward(work: Path, out: Path) -> None:
         config = CLIPConfig(
             embed_dim=32,
             vision=VisionConfig(
-                image_size=IMAGE_SIZE, patch_size=8, width=64, layers=2, heads=4, mlp_dim=256
+                image_size=IMAGE_SIZE, patch_size=4, width=64, layers=2, heads=4, mlp_dim=256
             ),
             text=TextConfig(vocab_size=len(tokenizer), width=32, layers=2, heads=4, mlp_dim=128),
         )

@@ -136,4 +136,4 @@ def test_configs_come_from_the_model_directory_or_a_named_preset(tmp_path):
     assert model == JanusConfig.janus_pro_7b() and "not here" in source
     hps, _ = plan.reward_config(load_run_config([], [f"reward.path={tmp_path / 'hps'}"]))
     assert hps == CLIPConfig.vit_h_14()
-    assert plan.reward_config(load_run_config([], []))[0] == CLIPConfig.tiny()
+    assert plan.reward_config(load_run_config([], ["reward.path=null"]))[0] == CLIPConfig.tiny()

@@ -115,3 +115,26 @@ def test_pairuni_sft_learns_and_writes_a_loadable_model_dir(tmp_path, capsys):
     assert capsys.readouterr().err.strip().splitlines()[-1] == (
         f"error: {out} already exists; choose a new path or pass --overwrite"
     )
+
+
+def test_generation_images_load_at_their_own_size():
+    """The VQ's image side may differ from the understanding encoder's: the generation targets
+    load at ``generation_image_size``, from the record's own generation image."""
+    import json
+
+    from pairuni_jax.data import images
+    from pairuni_jax.data.pipeline import DEMO_PAIRS
+
+    tokenizer = load_tokenizer(TINY_TOKENIZER)
+    data = dataclasses.replace(
+        demo_data(), pairs_per_host=2, generation_images=True, generation_image_size=16
+    )
+    batch = next(
+        PairPipeline(data, tokenizer, lambda t: np.zeros((len(t), 77), np.int32)).iterator()
+    )
+    assert batch["und_pixel_values"].shape == (2, 32, 32, 3)
+    assert batch["gen_pixel_values"].shape == (2, 16, 16, 3)
+    lines = DEMO_PAIRS.read_text().splitlines()
+    for row, index in zip(batch["gen_pixel_values"], batch["record_index"], strict=True):
+        path = DEMO_PAIRS.parent / json.loads(lines[index])["generate_ann"]["image_path"]
+        np.testing.assert_array_equal(row, images.load_and_preprocess(path, 16))

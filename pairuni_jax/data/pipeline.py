@@ -24,8 +24,9 @@ S = ``image_size``):
 - ``hps_input_ids int32[P, 77]``: the generation prompt in the HPS (CLIP) tokenizer;
 - ``similarity float32[P]``; ``pair_weight_aligned bool[P]`` (aligned pair: weight 1);
 - ``record_index int32[P]``: 0-based line number of the record in the JSONL (line - 1);
-- with ``generation_images``: ``gen_pixel_values float32[P, S, S, 3]``, the generation side's
-  image (the target a supervised warm start teaches, ``pairuni sft``).
+- with ``generation_images``: ``gen_pixel_values float32[P, Sg, Sg, 3]``, the generation side's
+  image at ``generation_image_size`` Sg (the target a supervised warm start teaches,
+  ``pairuni sft``).
 
 The iterator is a ``grain.DatasetIterator``: ``get_state()`` returns a small JSON-able dict and
 ``set_state(state)`` on a fresh iterator of the same pipeline resumes with exactly the next batch.
@@ -72,6 +73,8 @@ class DataConfig:
       prefetch_batches: batches prepared ahead per process.
       system_prompt: the understanding system prompt.
       generation_images: also load each generation side's image (``gen_pixel_values``).
+      generation_image_size: the side those images are loaded at (the VQ's image size, which
+        may differ from the understanding encoder's); None: ``image_size``.
     """
 
     path: str
@@ -89,6 +92,7 @@ class DataConfig:
     prefetch_batches: int = 4
     system_prompt: str = prompts.SYSTEM_PROMPT
     generation_images: bool = False
+    generation_image_size: int | None = None
 
     def __post_init__(self):
         positive = (
@@ -103,6 +107,10 @@ class DataConfig:
         for name in positive:
             if getattr(self, name) < 1:
                 raise ValueError(f"data.{name} must be >= 1, got {getattr(self, name)}")
+        if self.generation_image_size is not None and self.generation_image_size < 1:
+            raise ValueError(
+                f"data.generation_image_size must be >= 1 or None, got {self.generation_image_size}"
+            )
         if self.num_workers < 0:
             raise ValueError(f"data.num_workers must be >= 0, got {self.num_workers}")
         if self.num_epochs is not None and self.num_epochs < 1:
@@ -261,14 +269,23 @@ class PairEncoder(grain.transforms.Map):
             "pair_weight_aligned": np.bool_(record.aligned),
             "record_index": np.int32(record.line - 1),
         } | (
-            {"gen_pixel_values": self._image(record, "generate_ann", record.generate.image_path)}
+            {
+                "gen_pixel_values": self._image(
+                    record,
+                    "generate_ann",
+                    record.generate.image_path,
+                    cfg.generation_image_size or cfg.image_size,
+                )
+            }
             if cfg.generation_images
             else {}
         )
 
-    def _image(self, record: records.PairRecord, side: str, path: Path) -> np.ndarray:
+    def _image(
+        self, record: records.PairRecord, side: str, path: Path, size: int | None = None
+    ) -> np.ndarray:
         try:
-            return images.load_and_preprocess(path, self.config.image_size)
+            return images.load_and_preprocess(path, size or self.config.image_size)
         except Exception as e:  # re-raised with the record's location
             field, kind = f"{side}.image_path", records.ErrorKind.UNREADABLE_IMAGE
             message = f"{type(e).__name__}: {e}"
