@@ -14,13 +14,15 @@ from __future__ import annotations
 
 import argparse
 from pathlib import Path
+from typing import TYPE_CHECKING
 
-from pairuni_jax import sharding
+if TYPE_CHECKING:
+    from pairuni_jax import sharding
 
 
 def register(commands: argparse._SubParsersAction) -> None:
     """Adds ``pair`` to the ``pairuni data`` subcommands."""
-    from pairuni_jax.pairing.features import Encoder
+    from pairuni_jax.pairing.encoders import Encoder
     from pairuni_jax.pairing.selection import AlignedSelection
 
     parser = commands.add_parser(
@@ -88,6 +90,8 @@ def register(commands: argparse._SubParsersAction) -> None:
 
 def parse_mesh(text: str) -> sharding.MeshConfig:
     """``data=1,fsdp=-1`` -> ``MeshConfig(data=1, fsdp=-1)`` (unnamed axes keep their defaults)."""
+    from pairuni_jax import sharding
+
     sizes = {}
     for item in text.split(","):
         name, sep, value = item.partition("=")
@@ -99,9 +103,10 @@ def parse_mesh(text: str) -> sharding.MeshConfig:
 
 
 def run(args: argparse.Namespace) -> int:
+    from pairuni_jax import sharding
     from pairuni_jax.data.records import DataError
     from pairuni_jax.pairing.build import PairingConfig, build_pairs
-    from pairuni_jax.pairing.features import Encoder
+    from pairuni_jax.pairing.encoders import Encoder
     from pairuni_jax.pairing.inputs import PairingError
     from pairuni_jax.pairing.selection import AlignedSelection
 

@@ -7,52 +7,10 @@ all, or random), and retrieved pairs by exact cosine with a threshold and greedy
 (``matching``). ``build.build_pairs`` runs the whole of ``pairuni data pair``; each step can also
 be called on its own from a notebook::
 
-    from pairuni_jax.pairing import normalize_rows, retrieve_pairs
+    from pairuni_jax.pairing.features import normalize_rows
+    from pairuni_jax.pairing.matching import retrieve_pairs
     matches = retrieve_pairs(normalize_rows(gen_features), normalize_rows(und_features),
                              top_n=1, threshold=0.6)
+
+The package imports nothing itself, so that ``pairuni data pair --help`` starts without JAX.
 """
-
-from pairuni_jax.pairing.build import PairingConfig, build_pairs
-from pairuni_jax.pairing.features import (
-    Encoder,
-    FeatureExtractor,
-    clip_extractor,
-    extract_features,
-    normalize_rows,
-    siglip_extractor,
-)
-from pairuni_jax.pairing.inputs import HalfRecord, HalfSet, PairingError, Side, read_halves
-from pairuni_jax.pairing.matching import (
-    Matches,
-    Neighbours,
-    greedy_match,
-    nearest_neighbours,
-    retrieve_pairs,
-)
-from pairuni_jax.pairing.report import PairingSummary
-from pairuni_jax.pairing.selection import AlignedSelection, kmeans_medoids, select_aligned
-
-__all__ = [
-    "AlignedSelection",
-    "Encoder",
-    "FeatureExtractor",
-    "HalfRecord",
-    "HalfSet",
-    "Matches",
-    "Neighbours",
-    "PairingConfig",
-    "PairingError",
-    "PairingSummary",
-    "Side",
-    "build_pairs",
-    "clip_extractor",
-    "extract_features",
-    "greedy_match",
-    "kmeans_medoids",
-    "nearest_neighbours",
-    "normalize_rows",
-    "read_halves",
-    "retrieve_pairs",
-    "select_aligned",
-    "siglip_extractor",
-]

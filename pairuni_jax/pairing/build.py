@@ -35,6 +35,7 @@ import numpy as np
 from pairuni_jax import sharding
 from pairuni_jax.data.records import ALIGNED_SIMILARITY, DataError, ErrorKind, Issue, OnError
 from pairuni_jax.pairing import features as features_lib
+from pairuni_jax.pairing.encoders import Encoder
 from pairuni_jax.pairing.inputs import HalfRecord, HalfSet, PairingError, Side, read_halves
 from pairuni_jax.pairing.matching import Matches, retrieve_pairs
 from pairuni_jax.pairing.report import PairingSummary, save_histogram_png
@@ -70,7 +71,7 @@ class PairingConfig:
     generation: Path
     out: Path
     image_root: Path | None = None
-    encoder: features_lib.Encoder = features_lib.Encoder.SIGLIP
+    encoder: Encoder = Encoder.SIGLIP
     model: Path | None = None
     reward: Path | None = None
     features_u: Path | None = None
@@ -109,7 +110,7 @@ class PairingConfig:
                     "precomputed features (--features-u/--features-g) exclude --model, --reward "
                     "and --feature-cache"
                 )
-        elif self.encoder is features_lib.Encoder.SIGLIP:
+        elif self.encoder is Encoder.SIGLIP:
             if self.model is None or self.reward is not None:
                 raise ValueError(
                     "the siglip encoder reads a Janus model directory: give --model DIR (or "
@@ -240,7 +241,7 @@ def _computed_features(
 ) -> tuple[np.ndarray, np.ndarray]:
     mesh = sharding.make_mesh(config.mesh)
     dtype_name = config.dtype or ("fp32" if jax.default_backend() == "cpu" else "bf16")
-    if config.encoder is features_lib.Encoder.SIGLIP:
+    if config.encoder is Encoder.SIGLIP:
         extractor = features_lib.siglip_extractor(config.model, mesh, DTYPES[dtype_name])
     else:
         extractor = features_lib.clip_extractor(config.reward, mesh, DTYPES[dtype_name])

@@ -21,7 +21,6 @@ from __future__ import annotations
 
 import collections
 import dataclasses
-import enum
 import hashlib
 import math
 from collections.abc import Callable, Iterator, Sequence
@@ -43,18 +42,12 @@ from pairuni_jax.data import images
 from pairuni_jax.models.clip import VisionTower
 from pairuni_jax.models.siglip import SiglipVisionModel
 from pairuni_jax.models.stack import RematPolicy
+from pairuni_jax.pairing.encoders import Encoder
 from pairuni_jax.pairing.inputs import PairingError
 from pairuni_jax.rewards.hps import l2_normalize, read_reward_config
 from pairuni_jax.rewards.preprocess import OPENAI_MEAN, OPENAI_STD
 
 NORMALIZE_ROWS = 8192  # rows per device call when normalising or checking precomputed features
-
-
-class Encoder(enum.StrEnum):
-    """The built-in image towers."""
-
-    SIGLIP = "siglip"
-    CLIP = "clip"
 
 
 class ImageDecodeError(ValueError):
