@@ -108,7 +108,7 @@ def test_export_trained_policy_loads_in_transformers(tmp_path):
     import transformers
 
     run_dir = tmp_path / "run"
-    # A random tiny Janus: the demo world's VQ (GroupNorm of 8 groups) is not transformers-shaped.
+    # A random tiny Janus: transformers cannot hold the demo VQ (GroupNorm of 8 groups, not 32).
     fast = [*FAST, "model.path=null"]
     assert cli.main(["train", f"run_dir={run_dir}", *fast, "steps=2", "checkpoint.every=2"]) == 0
     out = tmp_path / "hf"
