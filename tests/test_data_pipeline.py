@@ -159,6 +159,7 @@ def _write_pairs(tmp_path, questions):
     for question in questions:
         rec = json.loads(pipeline.DEMO_PAIRS.read_text().splitlines()[0])
         rec["understand_ann"]["question"] = question
+        rec["understand_ann"]["answer"] = "A"  # the questions here offer A and B
         lines.append(json.dumps(rec))
     path = tmp_path / "pairs.jsonl"
     path.write_text("\n".join(lines) + "\n")
