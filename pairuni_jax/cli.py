@@ -21,13 +21,18 @@ COMMAND_MODULES = (
     "pairuni_jax.commands.data",
     "pairuni_jax.commands.plan",
     "pairuni_jax.commands.export",
+    "pairuni_jax.commands.verify",
+    "pairuni_jax.commands.eval",
 )
 
 
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="pairuni",
-        description="Pair-GRPO training of Janus-Pro in JAX: train, sft, convert, generate, answer, data, plan.",
+        description=(
+            "Pair-GRPO training of Janus-Pro in JAX: train, sft, convert, generate, answer, data, "
+            "plan, export, verify, eval."
+        ),
     )
     subparsers = parser.add_subparsers(dest="command", metavar="COMMAND")
     for name in COMMAND_MODULES:

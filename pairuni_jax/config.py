@@ -1,14 +1,19 @@
 """Typed run configs: YAML files and ``key.sub=value`` overrides into frozen dataclasses.
 
 ``build(cls, data)`` turns nested dicts into nested frozen dataclasses, converting enums and tuples
-and rejecting unknown or mistyped keys with the dotted path of the offending field. Validation of
-values lives in each dataclass's ``__post_init__``; its error is re-raised with the path.
+and rejecting unknown or mistyped keys (and non-finite floats) with the dotted path of the
+offending field. Validation of values lives in each dataclass's ``__post_init__``; its error is
+re-raised with the path.
+
+YAML is read with YAML 1.2 floats: PyYAML follows YAML 1.1, where ``3e-5`` (no dot) is a string.
 """
 
 from __future__ import annotations
 
 import dataclasses
 import enum
+import math
+import re
 import types
 import typing
 from collections.abc import Sequence
@@ -22,10 +27,35 @@ class ConfigError(ValueError):
     """A config file or override that does not fit the schema: the message names the field."""
 
 
+class _Yaml12Loader(yaml.SafeLoader):
+    """``yaml.SafeLoader`` that also reads YAML 1.2 floats such as ``3e-5`` and ``1E6``."""
+
+
+_Yaml12Loader.yaml_implicit_resolvers = {
+    first: list(resolvers) for first, resolvers in yaml.SafeLoader.yaml_implicit_resolvers.items()
+}
+_Yaml12Loader.add_implicit_resolver(
+    "tag:yaml.org,2002:float",
+    re.compile(
+        r"""^(?:[-+]?(?:[0-9][0-9_]*)(?:\.[0-9_]*)?(?:[eE][-+]?[0-9]+)
+        |[-+]?(?:[0-9][0-9_]*)?\.[0-9_]+(?:[eE][-+]?[0-9]+)?
+        |[-+]?\.(?:inf|Inf|INF)
+        |\.(?:nan|NaN|NAN))$""",
+        re.VERBOSE,
+    ),
+    list("-+0123456789."),
+)
+
+
+def parse_yaml(text: str) -> Any:
+    """``yaml.safe_load`` with YAML 1.2 floats (``3e-5`` is a float, not a string)."""
+    return yaml.load(text, Loader=_Yaml12Loader)
+
+
 def load_yaml(path: str | Path) -> dict[str, Any]:
     path = Path(path)
     try:
-        data = yaml.safe_load(path.read_text())
+        data = parse_yaml(path.read_text())
     except FileNotFoundError as e:
         raise ConfigError(f"config file {path} does not exist") from e
     except yaml.YAMLError as e:
@@ -45,13 +75,15 @@ def apply_overrides(data: dict[str, Any], overrides: Sequence[str]) -> dict[str,
         if not sep or not key:
             raise ConfigError(f"override {item!r}: expected key.path=value")
         try:
-            value = yaml.safe_load(raw)
+            value = parse_yaml(raw)
         except yaml.YAMLError as e:
             raise ConfigError(f"override {item!r}: invalid value: {e}") from e
         node = data
         *parents, leaf = key.split(".")
         for p in parents:
-            child = node.setdefault(p, {})
+            child = node.get(p)
+            if child is None:  # an absent or null section (e.g. ``model.lora: null``) opens
+                child = node[p] = {}
             if not isinstance(child, dict):
                 raise ConfigError(f"override {item!r}: {p} is not a section")
             node = child
@@ -117,10 +149,17 @@ def _convert(tp: Any, value: Any, path: str) -> Any:
         item_tp = args[0] if args else Any
         items = [_convert(item_tp, v, f"{path}[{i}]") for i, v in enumerate(value)]
         return tuple(items) if origin is tuple else items
-    if origin is dict or tp is Any:
+    if origin is dict:
+        if not isinstance(value, dict):
+            raise ConfigError(f"{path}: expected a mapping, got {type(value).__name__}")
+        item_tp = typing.get_args(tp)[1] if typing.get_args(tp) else Any
+        return {k: _convert(item_tp, v, f"{path}.{k}") for k, v in value.items()}
+    if tp is Any:
         return value
     if tp is float and isinstance(value, int) and not isinstance(value, bool):
         return float(value)
+    if tp is float and isinstance(value, float) and not math.isfinite(value):
+        raise ConfigError(f"{path}: expected a finite number, got {value!r}")
     if tp in (int, float, str, bool) and not (
         isinstance(value, tp) and not (tp is int and isinstance(value, bool))
     ):

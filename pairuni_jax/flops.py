@@ -1,28 +1,26 @@
 """Analytic model FLOPs of one Pair-GRPO step, tokens per step, and MFU.
 
-Counts matrix-multiply and convolution FLOPs only (2 per multiply-add; norms, softmax and
-elementwise work are left out, as in the usual MFU convention). Shape letters as in
-``rl.train_step``: P pairs, K_u / K_g rollouts per pair, B_u = P·K_u answers and B_g = P·K_g images,
-Lu / Lg understanding / generation prompt lengths, N answer tokens, I image tokens.
+Counts matrix-multiply and convolution FLOPs only (2 per multiply-add), as the program computes
+them (``models.cost``). Shape letters as in ``rl.train_step``: P pairs, K_u / K_g rollouts per
+pair, B_u = P·K_u answers and B_g = P·K_g images, Lu / Lg understanding / generation prompt
+lengths, N answer tokens, I image tokens.
 
 What one step runs (``TrainStep``), and how it is counted:
 
-- rollout, answers: SigLIP + aligner on the B_u repeated images, a prefill of Lu positions
-  against a cache of T_u = Lu + N − 1 slots, then N − 1 one-token decode steps over the whole
-  cache (the worst case: no row stops early on EOS), the text head once per sampled token;
-- rollout, images: a CFG prefill of 2·B_g rows × Lg positions (T_g = Lg + I − 1 slots), then
-  I − 1 decode steps of 2·B_g rows, the generation aligner on B_g fed-back tokens and the
-  generation head on 2·B_g rows each step;
+- rollouts: the answers and the CFG images, counted by the engine's own cost model
+  (``rollout.cost``: prefills over the prompts' own slots, decode steps over the cache they
+  actually read, image decode in its cache segments);
 - rewards: VQ decode of B_g images, the HPS image tower on them and its text tower once per pair;
 - training, per inner iteration: the teacher-forced forward and backward (3× the forward:
   "model FLOPs") of the answer sequences (Lu + N positions) and the image sequences
-  (Lg + I − 1 positions; 2·B_g rows with guided log-probs), the frozen SigLIP forward once;
+  (Lg + I − 1 positions; 2·B_g rows with guided log-probs), the frozen SigLIP forward once. With
+  LoRA (a frozen base) the backward computes no weight gradients: input gradients only, i.e.
+  1× the forward's matmuls with a parameter operand and 2× its attention scores and values; the
+  adapters' own matmuls (2·R·(I + O) per adapted matrix and token, under 1% at R = 16 on the
+  Janus-Pro LLMs) are left out;
   ``recompute`` is what the backward recomputes (hardware FLOPs, not model FLOPs): the heads of
   the rematerialised log-prob chunks, and the decoder stack with ``remat=full``;
 - reference: with ``kl_beta > 0``, one forward of the reference policy on both sides.
-
-Attention is counted as computed: every query against every key slot of the sequence or cache
-(masked slots included; the program does not skip them).
 """
 
 from __future__ import annotations
@@ -31,13 +29,19 @@ import dataclasses
 from typing import Any
 
 from pairuni_jax.models.clip import CLIPConfig
+from pairuni_jax.models.cost import (
+    aligner,
+    clip_image,
+    clip_text,
+    generation_head,
+    linear,
+    llm_attention,
+    llm_forward,
+    siglip_forward,
+    vq_decode,
+)
 from pairuni_jax.models.janus import JanusConfig
-from pairuni_jax.models.llama import LlamaConfig
-from pairuni_jax.models.siglip import SiglipConfig
-from pairuni_jax.models.vq import VQConfig
-
-HPS_TEXT_LENGTH = 77
-
+from pairuni_jax.rollout import cost as rollout_cost
 
 # -- accelerators --------------------------------------------------------------------------------
 
@@ -86,95 +90,6 @@ def chip_for_device_kind(device_kind: str) -> Chip | None:
     return None if best is None else best[1]
 
 
-# -- building blocks (global FLOPs, forward only) ------------------------------------------------
-
-
-def linear(rows: int, din: int, dout: int) -> float:
-    return 2.0 * rows * din * dout
-
-
-def llm_layer_params(text: LlamaConfig) -> int:
-    """Matmul parameters of one decoder layer (q, k, v, o projections and the SwiGLU MLP)."""
-    h, d = text.hidden_size, text.head_dim
-    attention = h * text.num_heads * d * 2 + h * text.num_kv_heads * d * 2
-    return attention + 3 * h * text.intermediate_size
-
-
-def llm_forward(text: LlamaConfig, rows: int, queries: int, keys: int | None = None) -> float:
-    """The decoder stack (no embedding, no head): ``rows`` sequences of ``queries`` new positions
-    attending to ``keys`` slots (default: the ``queries`` positions themselves)."""
-    keys = queries if keys is None else keys
-    dense = 2.0 * text.num_layers * llm_layer_params(text) * rows * queries
-    attention = 4.0 * text.num_layers * text.num_heads * text.head_dim * rows * queries * keys
-    return dense + attention
-
-
-def vit_layers(width: int, mlp: int, layers: int, images: int, tokens: int) -> float:
-    """Pre-norm ViT blocks: q, k, v, out projections, the MLP and the attention itself."""
-    dense = linear(images * tokens, width, 4 * width + 2 * mlp)
-    attention = 4.0 * images * tokens * tokens * width
-    return layers * (dense + attention)
-
-
-def siglip_forward(vision: SiglipConfig, images: int) -> float:
-    p = vision.num_patches
-    patches = linear(images * p, vision.patch_size**2 * 3, vision.hidden_size)
-    return patches + vit_layers(vision.hidden_size, vision.mlp_dim, vision.num_layers, images, p)
-
-
-def aligner(din: int, dout: int, depth: int, rows: int) -> float:
-    return linear(rows, din, dout) + (depth - 1) * linear(rows, dout, dout)
-
-
-def generation_head(hidden: int, codebook: int, rows: int) -> float:
-    return linear(rows, hidden, hidden) + linear(rows, hidden, codebook)
-
-
-def _conv(side: int, kernel: int, c_in: int, c_out: int) -> float:
-    return 2.0 * side * side * kernel * kernel * c_in * c_out
-
-
-def _resnet(side: int, c_in: int, c_out: int) -> float:
-    shortcut = _conv(side, 1, c_in, c_out) if c_in != c_out else 0.0
-    return _conv(side, 3, c_in, c_out) + _conv(side, 3, c_out, c_out) + shortcut
-
-
-def _attn_block(side: int, c: int) -> float:
-    return 4 * _conv(side, 1, c, c) + 4.0 * (side * side) ** 2 * c
-
-
-def vq_decode(vq: VQConfig, images: int) -> float:
-    """``post_quant_conv`` + decoder (as ``models.vq.Decoder``) for ``images`` token grids."""
-    widths = [vq.base_channels * m for m in reversed(vq.channel_multiplier)]
-    side = vq.grid_size
-    total = _conv(side, 1, vq.embed_dim, vq.latent_channels)
-    total += _conv(side, 3, vq.latent_channels, widths[0])
-    total += 2 * _resnet(side, widths[0], widths[0]) + _attn_block(side, widths[0])
-    for i, width in enumerate(widths):
-        c_in = widths[max(i - 1, 0)]
-        for block in range(vq.num_res_blocks + 1):
-            total += _resnet(side, c_in if block == 0 else width, width)
-            if i == 0:
-                total += _attn_block(side, width)
-        if i != len(widths) - 1:
-            side *= 2
-            total += _conv(side, 3, width, width)
-    return images * (total + _conv(side, 3, widths[-1], vq.out_channels))
-
-
-def clip_image(clip: CLIPConfig, images: int) -> float:
-    v = clip.vision
-    patches = linear(images * (v.num_tokens - 1), v.patch_size**2 * 3, v.width)
-    body = vit_layers(v.width, v.mlp_dim, v.layers, images, v.num_tokens)
-    return patches + body + linear(images, v.width, clip.embed_dim)
-
-
-def clip_text(clip: CLIPConfig, prompts: int) -> float:
-    t = clip.text
-    body = vit_layers(t.width, t.mlp_dim, t.layers, prompts, HPS_TEXT_LENGTH)
-    return body + linear(prompts, t.width, clip.embed_dim)
-
-
 # -- one step ------------------------------------------------------------------------------------
 
 
@@ -192,6 +107,8 @@ class StepShapes:
     guided_logprobs: bool = False
     reference: bool = False  # kl_beta > 0
     remat_full: bool = True
+    image_cache_segments: int = 1  # decode loops of an image rollout (``ImageSettings``)
+    frozen_base: bool = False  # LoRA: only adapters train, the backward has no weight gradients
 
     @classmethod
     def from_run_config(cls, config: Any, global_pairs: int) -> StepShapes:
@@ -210,6 +127,8 @@ class StepShapes:
             guided_logprobs=g.image_logprob is ImageLogprob.GUIDED,
             reference=g.loss.kl_beta > 0,
             remat_full=config.model.remat == "full",
+            image_cache_segments=g.rollout.image_cache_segments,
+            frozen_base=config.model.lora is not None,
         )
 
 
@@ -278,31 +197,22 @@ def step_flops(shapes: StepShapes, model: JanusConfig, hps: CLIPConfig) -> StepF
     n = s.answer_tokens
     tokens = m.num_generated_image_tokens
 
-    # The K samples of a prompt share its prefill (``samples_per_prompt``): prompts run once.
-    cache_u = s.und_len + n - 1
-    answer_prefill = (
-        siglip_forward(m.vision, s.pairs)
-        + aligner(m.vision.hidden_size, h, m.aligner_depth, s.pairs * m.num_image_tokens)
-        + llm_forward(t, s.pairs, s.und_len, cache_u)
-        + linear(b_u, h, t.vocab_size)
-    )
-    answer_decode = (n - 1) * (llm_forward(t, b_u, 1, cache_u) + linear(b_u, h, t.vocab_size))
-    cache_g = s.gen_len + tokens - 1
-    image_prefill = llm_forward(t, 2 * s.pairs, s.gen_len, cache_g) + generation_head(
-        h, m.vq.num_embeddings, 2 * b_g
-    )
-    image_decode = (tokens - 1) * (
-        llm_forward(t, 2 * b_g, 1, cache_g)
-        + aligner(m.vq.embed_dim, h, m.aligner_depth, b_g)
-        + generation_head(h, m.vq.num_embeddings, 2 * b_g)
-    )
+    answers = rollout_cost.answer_flops(m, s.pairs, s.und_rollouts, s.und_len, n)
+    images = rollout_cost.image_flops(m, s.pairs, s.gen_rollouts, s.gen_len, s.image_cache_segments)
     rewards = vq_decode(m.vq, b_g) + clip_image(hps, b_g) + clip_text(hps, s.pairs)
 
     image_rows = 2 * b_g if s.guided_logprobs else b_g
     und_trainable, und_frozen = _answer_forward(m, b_u, s.und_len, n)
     gen_trainable = _image_forward(m, image_rows, s.gen_len)
     forward = und_trainable + gen_trainable
-    training = s.inner_iterations * (3 * forward + und_frozen)
+    if s.frozen_base:
+        attention = llm_attention(t, b_u, s.und_len + n) + llm_attention(
+            t, image_rows, s.gen_len + tokens - 1
+        )
+        backward = forward + attention  # input gradients: dense 1×, attention 2×
+    else:
+        backward = 2 * forward
+    training = s.inner_iterations * (forward + backward + und_frozen)
     # Log-prob chunks are always rematerialised (their logits are recomputed in the backward);
     # the decoder stack only with remat=full.
     heads = linear(b_u * n, h, t.vocab_size) + generation_head(
@@ -312,10 +222,10 @@ def step_flops(shapes: StepShapes, model: JanusConfig, hps: CLIPConfig) -> StepF
     recompute = s.inner_iterations * (heads + (stack if s.remat_full else 0.0))
     reference = forward + und_frozen if s.reference else 0.0
     return StepFlops(
-        answer_prefill,
-        answer_decode,
-        image_prefill,
-        image_decode,
+        answers.prefill,
+        answers.decode,
+        images.prefill,
+        images.decode,
         rewards,
         reference,
         training,

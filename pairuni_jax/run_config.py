@@ -15,10 +15,15 @@ from pathlib import Path
 from typing import Any
 
 from pairuni_jax import config as config_lib
+from pairuni_jax.checkpoint.train_checkpoints import OnCorrupt
+from pairuni_jax.cluster import ClusterConfig
 from pairuni_jax.data.pipeline import DataConfig
 from pairuni_jax.dtypes import DType
+from pairuni_jax.evaluation.config import EvalConfig
 from pairuni_jax.logging.wandb_writer import WandbConfig
+from pairuni_jax.models.lora import LoraConfig
 from pairuni_jax.models.stack import RematPolicy
+from pairuni_jax.rl.health import NanPolicy
 from pairuni_jax.rl.optimizer import OptimizerConfig
 from pairuni_jax.rl.train_step import GRPOConfig, RolloutConfig
 from pairuni_jax.sharding import MeshConfig
@@ -32,7 +37,8 @@ DEMO_REWARD = ASSETS / "demo_reward"
 class ModelSection:
     """The policy: an Orbax model directory, a Hugging Face checkpoint directory (converted on the
     fly), or, with ``path: null``, a random model of ``preset`` (for tests). The demo's default is
-    the shipped ``assets/demo_policy``."""
+    the shipped ``assets/demo_policy``. With ``lora`` set, only low-rank adapters on
+    ``lora.targets`` are trained (``models/lora.py``)."""
 
     path: str | None = None
     preset: str = "tiny"
@@ -42,6 +48,7 @@ class ModelSection:
     param_dtype: DType = DType.FP32
     scan_layers: bool = True
     remat: RematPolicy = RematPolicy.FULL  # for the teacher-forced training forward
+    lora: LoraConfig | None = None  # {rank, alpha, targets, base_dtype, ...}: train adapters only
 
 
 @dataclasses.dataclass(frozen=True)
@@ -69,17 +76,34 @@ class RewardSection:
 @dataclasses.dataclass(frozen=True)
 class CheckpointSection:
     every: int = 10  # steps between saves (and at the end)
-    keep: int = 3
+    keep: int = 3  # the newest checkpoints kept (>= 2 leaves one to fall back to)
     async_save: bool = True
+    on_corrupt: OnCorrupt = OnCorrupt.PREVIOUS  # an unreadable latest checkpoint on resume
+
+    def __post_init__(self):
+        _check_at_least_one(self, "every", "keep")
 
 
 @dataclasses.dataclass(frozen=True)
 class LoggingSection:
     every: int = 1  # steps between metric lines
-    samples_every: int = 10  # steps between image grids / answer files
+    samples_every: int = 10  # steps between image grids / answer files; 0: none
     tensorboard: bool = True
     peak_tflops: float | None = None  # per-chip bf16 peak for MFU; None: from the device kind
     wandb: WandbConfig | None = None  # {project, entity, mode}: also log to Weights & Biases
+
+    def __post_init__(self):
+        _check_at_least_one(self, "every")
+        if self.samples_every < 0:
+            raise ValueError(f"samples_every must be >= 0 (0: none), got {self.samples_every}")
+        if self.peak_tflops is not None and self.peak_tflops <= 0:
+            raise ValueError(f"peak_tflops must be > 0 or null, got {self.peak_tflops}")
+
+
+def _check_at_least_one(section: Any, *names: str) -> None:
+    for name in names:
+        if getattr(section, name) < 1:
+            raise ValueError(f"{name} must be >= 1, got {getattr(section, name)}")
 
 
 def demo_data() -> DataConfig:
@@ -92,6 +116,8 @@ class RunConfig:
     steps: int = 20
     seed: int = 0
     distributed: bool | None = None  # None: initialise jax.distributed when launched multi-host
+    nan_policy: NanPolicy = NanPolicy.STOP  # a non-finite loss, gradient norm or param
+    cluster: ClusterConfig = dataclasses.field(default_factory=ClusterConfig)  # explicit hosts
     model: ModelSection = dataclasses.field(
         default_factory=lambda: ModelSection(path=str(DEMO_POLICY))
     )
@@ -110,6 +136,7 @@ class RunConfig:
     mesh: MeshConfig = dataclasses.field(default_factory=MeshConfig)
     checkpoint: CheckpointSection = dataclasses.field(default_factory=CheckpointSection)
     logging: LoggingSection = dataclasses.field(default_factory=LoggingSection)
+    eval: EvalConfig = dataclasses.field(default_factory=EvalConfig)
 
     def __post_init__(self):
         if self.steps < 1:

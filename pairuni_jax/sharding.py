@@ -17,13 +17,16 @@ Logical names used across the project:
 ``layers``     stacked layers (scan axis)
 ``conv_in``    input channels of a convolution; ``conv_out`` output channels
 ``norm``       the feature axis of a normalisation layer
+``lora_rank``  the rank axis of LoRA adapters (A [in, rank], B [rank, out])
 =============  ==========================================================
 """
 
 from __future__ import annotations
 
+import contextlib
+import contextvars
 import dataclasses
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from typing import Any
 
 import flax.linen as nn
@@ -47,7 +50,21 @@ LOGICAL_AXIS_RULES: tuple[tuple[str, Any], ...] = (
     ("conv_in", None),
     ("norm", None),
     ("cache_length", None),
+    ("lora_rank", None),  # adapters are small: A and B follow their kernel's other axis
 )
+
+
+def parse_mesh_flag(text: str) -> dict[str, int]:
+    """A ``--mesh`` flag's axis sizes: ``"data=1,fsdp=-1"`` -> ``{"data": 1, "fsdp": -1}`` (only
+    the axes named; -1 as in ``MeshConfig``)."""
+    sizes = {}
+    for item in text.split(","):
+        name, sep, value = item.partition("=")
+        name, value = name.strip(), value.strip()
+        if not sep or name not in MESH_AXES or not value.lstrip("-").isdigit():
+            raise ValueError(f"--mesh {text!r}: expected data=D,fsdp=F,tensor=T (any of them)")
+        sizes[name] = int(value)
+    return sizes
 
 
 @dataclasses.dataclass(frozen=True)
@@ -96,9 +113,25 @@ def axes(*names: str | None) -> dict[str, Any]:
     return {"out_sharding": tuple(names), "eager_sharding": False}
 
 
+# The rules ``constrain`` maps activations with: the training rules, or a rollout's decode
+# layout inside ``activation_rules`` (``rollout.layout``).
+_ACTIVATION_RULES = contextvars.ContextVar("activation_rules", default=LOGICAL_AXIS_RULES)
+
+
 def logical_to_spec(names: Sequence[str | None]) -> PartitionSpec:
-    """Maps logical axis names to a mesh ``PartitionSpec`` with ``LOGICAL_AXIS_RULES``."""
-    return nn.logical_to_mesh_axes(tuple(names), LOGICAL_AXIS_RULES)
+    """Maps logical axis names to a mesh ``PartitionSpec`` with the active rules
+    (``LOGICAL_AXIS_RULES`` unless inside ``activation_rules``)."""
+    return nn.logical_to_mesh_axes(tuple(names), _ACTIVATION_RULES.get())
+
+
+@contextlib.contextmanager
+def activation_rules(rules: tuple[tuple[str, Any], ...]) -> Iterator[None]:
+    """While tracing inside this block, ``constrain`` maps logical names with ``rules``."""
+    token = _ACTIVATION_RULES.set(rules)
+    try:
+        yield
+    finally:
+        _ACTIVATION_RULES.reset(token)
 
 
 def state_shardings(state: nnx.State, mesh: Mesh) -> nnx.State:

@@ -6,7 +6,10 @@ import tempfile
 os.environ["XLA_FLAGS"] = (
     os.environ.get("XLA_FLAGS", "") + " --xla_force_host_platform_device_count=8"
 ).strip()
+# CPU tests stay on CPU when libtpu is installed (the tpu extra); the TPU-compiler tests ask for
+# compile-only TPU devices explicitly. Two xdist workers may each load libtpu to compile.
 os.environ.setdefault("JAX_PLATFORMS", "cpu")
+os.environ.setdefault("ALLOW_MULTIPLE_LIBTPU_LOAD", "1")
 
 import jax  # noqa: E402
 import pytest  # noqa: E402

@@ -17,7 +17,8 @@ from pairuni_jax.commands import convert as convert_command
 from pairuni_jax.models.clip import CLIPConfig
 from pairuni_jax.rewards import clip_text
 from pairuni_jax.rewards.hps import hps_score, load_reward_model, prompt_features
-from tests.clip_reference import TINY, reference_hps, tiny_open_clip
+from pairuni_jax.verify.hps_reference import reference_hps
+from tests.clip_reference import TINY, tiny_open_clip
 
 TOKENIZER_PROMPTS = [
     "A cat with two horns on its head",

@@ -3,7 +3,6 @@ epochs, exact resume from the iterator state, prompt-length validation, the HPS 
 
 import json
 
-import grain
 import numpy as np
 import pytest
 from tokenizers import pre_tokenizers
@@ -46,17 +45,17 @@ def demo(clip):
     return pipeline.PairPipeline(config, pipeline.TINY_TOKENIZER, clip)
 
 
-def _shard(index, count=1):
-    return grain.sharding.ShardOptions(shard_index=index, shard_count=count)
+def _host(index, count=1, pairs=P):
+    return pipeline.HostSlice.block(index, count, pairs)
 
 
-def _record_order(pipe, shard=None):
-    shard = shard or _shard(0)
-    return np.concatenate([b["record_index"] for b in pipe.iterator(shard)]).tolist()
+def _record_order(pipe, host=None):
+    host = host or _host(0, 1, pipe.config.pairs_per_host)
+    return np.concatenate([b["record_index"] for b in pipe.iterator(host)]).tolist()
 
 
 def test_batch_contract(demo, clip):
-    batch = next(demo.iterator(_shard(0)))
+    batch = next(demo.iterator(_host(0)))
     assert set(batch) == set(KEYS)
     for key, (dtype, shape) in KEYS.items():
         assert batch[key].dtype == dtype and batch[key].shape == shape, key
@@ -106,20 +105,38 @@ def test_deterministic_for_a_seed(demo, clip):
     assert _record_order(other_seed) != order
 
 
-def test_two_hosts_see_disjoint_shards_covering_the_set(demo):
-    host0, host1 = _record_order(demo, _shard(0, 2)), _record_order(demo, _shard(1, 2))
-    assert len(host0) == len(host1) == 256
-    assert not set(host0) & set(host1)
-    assert set(host0) | set(host1) == set(range(512))
-    # The shards interleave one global shuffled order.
-    assert sorted(host0 + host1) == sorted(_record_order(demo))
+def test_hosts_read_their_rows_of_one_global_order(demo, clip):
+    """Batch s of two hosts x 4 pairs is batch s of one host x 8 pairs, row for row."""
+    config = pipeline.DataConfig.demo(pairs_per_host=2 * P, num_epochs=1, read_threads=1)
+    one_host = pipeline.PairPipeline(config, pipeline.TINY_TOKENIZER, clip)
+    whole = [b["record_index"] for b in one_host.iterator(_host(0, 1, 2 * P))]
+    hosts = [[b["record_index"] for b in demo.iterator(_host(h, 2))] for h in range(2)]
+    assert len(whole) == len(hosts[0]) == len(hosts[1]) == 64
+    for s, batch in enumerate(whole):
+        np.testing.assert_array_equal(np.concatenate([hosts[0][s], hosts[1][s]]), batch)
+    # Each pair is read by exactly one host in the epoch.
+    assert sorted(np.concatenate(hosts[0] + hosts[1]).tolist()) == list(range(512))
+    # Rows need not be a block (a mesh may interleave the hosts' devices along the batch).
+    rows = (1, 2, 5, 6)
+    picked = [b["record_index"] for b in demo.iterator(pipeline.HostSlice(2 * P, rows))]
+    for s, batch in enumerate(whole):
+        np.testing.assert_array_equal(picked[s], batch[list(rows)])
+
+
+def test_host_slice_validation(demo):
+    with pytest.raises(ValueError, match="ascending, distinct"):
+        pipeline.HostSlice(8, (3, 1))
+    with pytest.raises(ValueError, match="ascending, distinct"):
+        pipeline.HostSlice(8, (6, 8))
+    with pytest.raises(ValueError, match="reads 3 rows of each global batch"):
+        demo.dataset(pipeline.HostSlice(8, (0, 1, 2)))
 
 
 def test_epochs_reshuffle_and_unequal_sets_stay_in_step(clip):
     config = pipeline.DataConfig.demo(pairs_per_host=3, num_epochs=2, read_threads=1)
     pipe = pipeline.PairPipeline(config, pipeline.TINY_TOKENIZER, clip)
     # 1024 records over 2 hosts x 3 pairs: 170 global batches each host, 4 records dropped.
-    orders = [_record_order(pipe, _shard(i, 2)) for i in range(2)]
+    orders = [_record_order(pipe, _host(i, 2, 3)) for i in range(2)]
     assert len(orders[0]) == len(orders[1]) == 510
     full = _record_order(pipe)
     assert len(full) == 1023
@@ -128,12 +145,12 @@ def test_epochs_reshuffle_and_unequal_sets_stay_in_step(clip):
 
 def test_resume_from_iterator_state(demo, clip):
     config = pipeline.DataConfig.demo(pairs_per_host=P, num_epochs=None, read_threads=2)
-    first = pipeline.PairPipeline(config, pipeline.TINY_TOKENIZER, clip).iterator(_shard(1, 2))
+    first = pipeline.PairPipeline(config, pipeline.TINY_TOKENIZER, clip).iterator(_host(1, 2))
     for _ in range(5):
         next(first)
     state = json.loads(json.dumps(first.get_state()))  # survives a JSON round trip
     expected = [next(first) for _ in range(12)]  # crosses the epoch boundary (8 batches/epoch)
-    resumed = pipeline.PairPipeline(config, pipeline.TINY_TOKENIZER, clip).iterator(_shard(1, 2))
+    resumed = pipeline.PairPipeline(config, pipeline.TINY_TOKENIZER, clip).iterator(_host(1, 2))
     resumed.set_state(state)
     for want in expected:
         got = next(resumed)
@@ -144,12 +161,12 @@ def test_resume_from_iterator_state(demo, clip):
 def test_worker_processes_give_the_same_batches(demo, clip):
     config = pipeline.DataConfig.demo(pairs_per_host=P, num_epochs=1, read_threads=1, num_workers=1)
     pipe = pipeline.PairPipeline(config, pipeline.TINY_TOKENIZER, clip)
-    iterator = pipe.iterator(_shard(0))
+    iterator = pipe.iterator(_host(0))
     try:
         got = [next(iterator)["record_index"] for _ in range(3)]
     finally:
         iterator.close()
-    want = [b["record_index"] for b in demo.iterator(_shard(0))][:3]
+    want = [b["record_index"] for b in demo.iterator(_host(0))][:3]
     np.testing.assert_array_equal(np.stack(got), np.stack(want))
 
 
@@ -202,7 +219,7 @@ def test_too_few_records_for_a_global_batch(tmp_path, clip):
         path=str(path), image_root=str(src), pairs_per_host=2, num_epochs=1, read_threads=1
     )
     with pytest.raises(ValueError, match="do not fill one global batch of 4 pairs"):
-        pipeline.PairPipeline(config, pipeline.TINY_TOKENIZER, clip).dataset(_shard(0, 2))
+        pipeline.PairPipeline(config, pipeline.TINY_TOKENIZER, clip).dataset(_host(0, 2, 2))
 
 
 def test_config_validation():
@@ -252,4 +269,4 @@ def test_image_broken_after_the_scan_raises_with_its_record(tmp_path, clip):
     for line in lines:
         (tmp_path / json.loads(line)["understand_ann"]["image_path"]).write_bytes(b"broken")
     with pytest.raises(records.DataError, match=f"{path}:[1-4]: understand_ann.image_path: "):
-        next(pipe.iterator(_shard(0)))
+        next(pipe.iterator(_host(0)))

@@ -6,11 +6,12 @@ import pytest
 from flax import nnx
 
 from pairuni_jax import flops
+from pairuni_jax.models import cost
 from pairuni_jax.models.clip import CLIP, CLIPConfig
 from pairuni_jax.models.llama import LlamaConfig, LlamaModel
 from pairuni_jax.models.siglip import SiglipConfig, SiglipVisionModel
 from pairuni_jax.models.vq import VQConfig, VQModel
-from pairuni_jax.plan import count_program
+from pairuni_jax.plan.hlo import count_program
 
 SMALL = LlamaConfig(
     vocab_size=512,
@@ -47,16 +48,16 @@ def test_llm_forward_is_two_flops_per_parameter_and_token_plus_attention():
     tokens = ROWS * LENGTH
     attention = 4 * SMALL.num_layers * SMALL.num_heads * SMALL.head_dim * ROWS * LENGTH**2
     expected = 2 * layer_params * tokens + attention
-    analytic = flops.llm_forward(SMALL, ROWS, LENGTH)
+    analytic = cost.llm_forward(SMALL, ROWS, LENGTH)
     assert abs(analytic - expected) <= 0.05 * expected
     # The norms are the only parameters the matmul count leaves out.
-    assert layer_params - SMALL.num_layers * flops.llm_layer_params(SMALL) == (
+    assert layer_params - SMALL.num_layers * cost.llm_layer_params(SMALL) == (
         2 * SMALL.num_layers * SMALL.hidden_size
     )
 
 
 def test_llm_forward_matches_xla():
-    analytic = flops.llm_forward(SMALL, ROWS, LENGTH)
+    analytic = cost.llm_forward(SMALL, ROWS, LENGTH)
     # cost_analysis() counts a loop body once, so compare it with the unrolled layers; it also
     # counts elementwise work (norms, RoPE, softmax), hence the looser bound.
     _, forward, state, embeds = _llm_forward_fn(scan_layers=False)
@@ -86,7 +87,7 @@ def test_vision_towers_vq_decoder_and_hps_match_the_compiled_matmuls():
         lambda m, x: m(x),
         jnp.zeros((3, siglip.image_size, siglip.image_size, 3)),
     )
-    assert counted == pytest.approx(flops.siglip_forward(siglip, 3), rel=0.01)
+    assert counted == pytest.approx(cost.siglip_forward(siglip, 3), rel=0.01)
 
     vq = VQConfig.tiny()
     counted = _matmul_flops(
@@ -94,7 +95,7 @@ def test_vision_towers_vq_decoder_and_hps_match_the_compiled_matmuls():
         lambda m, t: m.decode_tokens(t),
         jnp.zeros((2, vq.num_tokens), jnp.int32),
     )
-    assert counted == pytest.approx(flops.vq_decode(vq, 2), rel=0.01)
+    assert counted == pytest.approx(cost.vq_decode(vq, 2), rel=0.01)
 
     clip = CLIPConfig.tiny()
     size = clip.vision.image_size
@@ -103,13 +104,13 @@ def test_vision_towers_vq_decoder_and_hps_match_the_compiled_matmuls():
         lambda m, x: m.encode_image(x),
         jnp.zeros((2, size, size, 3)),
     )
-    assert counted == pytest.approx(flops.clip_image(clip, 2), rel=0.01)
+    assert counted == pytest.approx(cost.clip_image(clip, 2), rel=0.01)
     counted = _matmul_flops(
         lambda: CLIP(clip, rngs=nnx.Rngs(0)),
         lambda m, t: m.encode_text(t),
-        jnp.zeros((3, flops.HPS_TEXT_LENGTH), jnp.int32),
+        jnp.zeros((3, cost.HPS_TEXT_LENGTH), jnp.int32),
     )
-    assert counted == pytest.approx(flops.clip_text(clip, 3), rel=0.01)
+    assert counted == pytest.approx(cost.clip_text(clip, 3), rel=0.01)
 
 
 def test_chip_lookup_by_device_kind():

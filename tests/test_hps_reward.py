@@ -14,13 +14,8 @@ from pairuni_jax.models.clip import CLIPConfig
 from pairuni_jax.rewards import registry
 from pairuni_jax.rewards.hps import hps_score, prompt_features
 from pairuni_jax.rewards.preprocess import janus_to_clip
-from tests.clip_reference import (
-    hps_preprocess,
-    janus_uint8,
-    jax_clip_from,
-    reference_hps,
-    tiny_open_clip,
-)
+from pairuni_jax.verify.hps_reference import hps_preprocess, janus_uint8, reference_hps
+from tests.clip_reference import jax_clip_from, tiny_open_clip
 
 PREPROCESS_TOL = 1e-4
 SCORE_TOL = 1e-5

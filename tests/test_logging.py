@@ -3,6 +3,8 @@ metrics JSONL (and its resume trimming), the non-lead no-op, image grids and ans
 
 import io
 import json
+import time
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -99,6 +101,22 @@ def test_resumed_metrics_writer_logs_each_step_once(tmp_path):
     assert _scalar_points(_accumulator(tmp_path / "tensorboard"), "loss") == expected
 
 
+@pytest.mark.parametrize(
+    "bad,message",
+    [
+        ("not json\n", "metrics.jsonl:2: not a JSON line"),
+        ('{"loss": 1}\n', "metrics.jsonl:2: not a"),
+    ],
+)
+def test_a_resume_names_a_broken_metrics_line_and_keeps_the_file(bad, message, tmp_path):
+    path = tmp_path / "metrics.jsonl"
+    path.write_text('{"step": 1, "loss": 1.0}\n' + bad + '{"step": 3, "loss": 3.0}\n')
+    before = path.read_bytes()
+    with pytest.raises(ValueError, match=message):
+        MetricsWriter(tmp_path, tensorboard=False, start_step=2)
+    assert path.read_bytes() == before
+
+
 def test_non_lead_metrics_writer_writes_nothing(tmp_path):
     writer = MetricsWriter(tmp_path / "run", is_lead=False)
     writer.write(1, {"loss": 1.0})
@@ -167,6 +185,15 @@ def test_save_answers(tmp_path):
     )
 
 
+def _wandb_records(path: Path, expected: bytes, timeout_s: float = 30.0) -> bytes:
+    """The run's transaction log once it holds ``expected``: wandb-core's writer may still be
+    appending to it after ``finish()`` returns (seen under load: only the 7-byte header)."""
+    deadline = time.monotonic() + timeout_s
+    while expected not in (data := path.read_bytes()) and time.monotonic() < deadline:
+        time.sleep(0.1)
+    return data
+
+
 def test_wandb_offline_run_gets_scalars_and_images(tmp_path):
     """``logging.wandb`` with ``mode: offline``: no network, the run is written under
     RUN_DIR/wandb, and a resumed writer continues the same W&B run id."""
@@ -177,7 +204,7 @@ def test_wandb_offline_run_gets_scalars_and_images(tmp_path):
         w.image(1, "samples/images", grid)
     run_id = (tmp_path / "wandb_run_id").read_text().strip()
     (run_dir,) = (tmp_path / "wandb").glob(f"offline-run-*-{run_id}")
-    data = (run_dir / f"run-{run_id}.wandb").read_bytes()
+    data = _wandb_records(run_dir / f"run-{run_id}.wandb", b"und/reward_mean")
     assert b"und/reward_mean" in data and b"pairuni-test" in data
     (png,) = (run_dir / "files" / "media" / "images" / "samples").glob("images_1_*.png")
     np.testing.assert_array_equal(np.asarray(Image.open(png)), grid)

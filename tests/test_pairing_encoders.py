@@ -12,13 +12,14 @@ import torch
 from PIL import Image
 
 from convert import hpsv2 as convert_hpsv2
-from pairuni_jax import cli, sharding
+from pairuni_jax import cli
 from pairuni_jax.checkpoint import convert
 from pairuni_jax.data import images
 from pairuni_jax.models.janus import JanusConfig
 from pairuni_jax.pairing import features
+from pairuni_jax.verify.hps_reference import hps_preprocess
 from tests import reference
-from tests.clip_reference import TINY, hps_preprocess, tiny_open_clip
+from tests.clip_reference import TINY, tiny_open_clip
 
 QUESTION = "What colour is it?\nA. red\nB. blue\n\nAnswer with the option's letter from the given choices directly."
 
@@ -200,11 +201,3 @@ def test_pairs_train_the_tiny_model(janus_dir, pictures, tmp_path):
         json.loads(line)["step"] for line in (run_dir / "metrics.jsonl").read_text().splitlines()
     ]
     assert steps == [1, 2]
-
-
-def test_mesh_flag_parses():
-    from pairuni_jax.commands.data_pair import parse_mesh
-
-    assert parse_mesh("data=2,fsdp=-1") == sharding.MeshConfig(data=2, fsdp=-1, tensor=1)
-    with pytest.raises(ValueError, match="--mesh"):
-        parse_mesh("data=two")

@@ -56,7 +56,7 @@ def test_train_writes_outputs_and_resumes_exactly(tmp_path):
     # Stop at 3, then resume to 6 in a new process-like Trainer: steps 4..6 are identical.
     part = tmp_path / "part"
     Trainer(load_run_config([], [f"run_dir={part}", *FAST, "steps=3"])).run_steps()
-    resumed = Trainer(load_run_config([], [f"run_dir={part}", *FAST]))
+    resumed = Trainer(load_run_config([], [f"run_dir={part}", *FAST]), ("steps",))
     assert resumed.run.start_step == 3
     resumed.run_steps()
     part_metrics = _metrics(part)
@@ -92,7 +92,10 @@ def test_sigterm_saves_a_usable_checkpoint(tmp_path):
     assert threading.current_thread() is threading.main_thread()
     history = trainer.run_steps()
     assert len(history) == 2
-    resumed = Trainer(load_run_config([], [f"run_dir={run_dir}", *FAST, "steps=3"]))
+    resumed = Trainer(
+        load_run_config([], [f"run_dir={run_dir}", *FAST, "steps=3", "checkpoint.every=1000"]),
+        ("steps",),
+    )
     assert resumed.run.start_step == 2
     assert np.isfinite(resumed.run_steps()[-1]["und/reward_mean"])
 

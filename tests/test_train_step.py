@@ -89,37 +89,15 @@ def test_full_step_on_mesh_runs_changes_params_and_is_deterministic(mesh):
     assert samples.image_rewards.shape == (k_g,) and samples.answer_rewards.shape == (k_u,)
 
 
-def _reward_means(step, state, batch, keys):
-    """Mean reward of each side for rollouts of ``state``'s policy (no update kept)."""
-    values = []
-    for key in keys:
-        _, metrics, _ = step(jax.tree.map(jnp.copy, state), batch, key)
-        values.append((float(metrics["und/reward_mean"]), float(metrics["gen/reward_mean"])))
-    return np.array(values)
-
-
 def test_learn_raises_both_rewards_above_noise():
     """A knowable synthetic task: reward = fraction of sampled tokens in the lower half of the
     vocabulary (answers) / codebook (images). N real train steps must raise each side's mean
     reward by several times its run-to-run noise; a sign error in the loss makes it fall."""
-    v, c = fx.CONFIG.text.vocab_size, fx.CONFIG.vq.num_embeddings
-    und_fn, gen_fn = fx.low_token_rewards(v // 2, c // 2)
     config = fx.grpo_config(
         rollout=fx.RolloutConfig(num_und_rollouts=8, num_gen_rollouts=4, max_new_tokens=8)
     )
-    step, state = fx.build_step(config, und_fn, gen_fn, lr=1e-2)
-    batch = fx.as_jax(fx.synthetic_batch(2))
-    start = _reward_means(step, state, batch, [jax.random.key(100 + i) for i in range(4)])
-    noise = start.std(axis=0)
-    num_steps = 20
-    for i in range(num_steps):
-        state, _, _ = step(state, batch, jax.random.key(i))
-    end = _reward_means(step, state, batch, [jax.random.key(200 + i) for i in range(4)])
-    gain = end.mean(axis=0) - start.mean(axis=0)
-    print(
-        f"after {num_steps} steps: answers {start[:, 0].mean():.3f} -> {end[:, 0].mean():.3f}, "
-        f"images {start[:, 1].mean():.3f} -> {end[:, 1].mean():.3f}, noise {noise}"
-    )
+    step, state = fx.build_step(config, *fx.low_half_rewards(), lr=1e-2)
+    gain, noise = fx.reward_gain(step, state, num_steps=20)
     assert np.all(gain > 4 * np.maximum(noise, 0.01)), (gain, noise)
 
 

@@ -74,6 +74,7 @@ def build_step(
     lr=1e-3,
     seed=0,
     model: Janus | None = None,
+    skip_nonfinite: bool = False,
 ):
     if model is None:
         model = random_module(lambda: Janus(CONFIG, rngs=nnx.Rngs(0)), seed)
@@ -99,6 +100,7 @@ def build_step(
         gen_reward,
         reward_state,
         learning_rate=opt_lib.learning_rate_schedule(opt_config),
+        skip_nonfinite=skip_nonfinite,
     )
     return step, state
 
@@ -116,6 +118,33 @@ def low_token_rewards(threshold_text: int, threshold_image: int):
         return r, {"low_tokens": r}
 
     return und, gen
+
+
+def low_half_rewards():
+    """``low_token_rewards`` at half the vocabulary and half the codebook."""
+    return low_token_rewards(CONFIG.text.vocab_size // 2, CONFIG.vq.num_embeddings // 2)
+
+
+def reward_means(step, state, batch, keys) -> np.ndarray:
+    """Mean reward of each side [len(keys), 2] for rollouts of ``state``'s policy (no update
+    kept)."""
+    values = []
+    for key in keys:
+        _, metrics, _ = step(jax.tree.map(jnp.copy, state), batch, key)
+        values.append((float(metrics["und/reward_mean"]), float(metrics["gen/reward_mean"])))
+    return np.array(values)
+
+
+def reward_gain(step, state, num_steps: int, num_pairs: int = 2) -> tuple[np.ndarray, np.ndarray]:
+    """(gain, noise) of each side's mean reward over ``num_steps`` train steps on one batch:
+    the mean over 4 rollout seeds after minus before, and the before's std over those seeds."""
+    batch = as_jax(synthetic_batch(num_pairs))
+    start = reward_means(step, state, batch, [jax.random.key(100 + i) for i in range(4)])
+    for i in range(num_steps):
+        state, _, _ = step(state, batch, jax.random.key(i))
+    end = reward_means(step, state, batch, [jax.random.key(200 + i) for i in range(4)])
+    print(f"after {num_steps} steps: answers, images {start.mean(0)} -> {end.mean(0)}")
+    return end.mean(axis=0) - start.mean(axis=0), start.std(axis=0)
 
 
 def as_jax(batch: dict) -> dict:

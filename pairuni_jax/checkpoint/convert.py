@@ -34,6 +34,7 @@ from flax import nnx
 from jax.sharding import Mesh
 from tqdm import tqdm
 
+from pairuni_jax import destinations
 from pairuni_jax.checkpoint import hf_config, hf_reader, hf_writer, janus_mapping, model_dir
 from pairuni_jax.checkpoint.hf_reader import TRANSFORMERS
 from pairuni_jax.dtypes import DType
@@ -57,12 +58,6 @@ SIDE_FILE_PATTERNS = ("chat_template*",)
 
 def _dtype(name: str | None) -> np.dtype | None:
     return None if name is None else DType.parse(name).dtype
-
-
-def _check_destination(dst: str | Path, overwrite: bool) -> None:
-    """Fails before any work when ``dst`` exists (the final rename would refuse it anyway)."""
-    if Path(dst).exists() and not overwrite:
-        raise FileExistsError(f"{dst} already exists; choose a new path or pass overwrite")
 
 
 def side_files(directory: Path) -> list[Path]:
@@ -133,7 +128,8 @@ def hf_to_orbax(
     format: ``"auto"`` (from the keys and config.json), ``"transformers"`` or ``"deepseek"``.
     """
     target_dtype = _dtype(dtype)
-    _check_destination(dst, overwrite)
+    local_source = [src] if Path(src).expanduser().exists() else []  # else: a hub id
+    destinations.check(dst, sources=local_source, overwrite=overwrite)
     ckpt = hf_reader.HFCheckpoint(src, format)
     shapes = ckpt.hf_shapes()
     config = hf_config.from_checkpoint(
@@ -164,7 +160,7 @@ def hf_to_orbax(
         "source": str(src),
         "source_format": ckpt.format,
     }
-    with model_dir.atomic_directory(dst, overwrite=overwrite) as tmp:
+    with model_dir.atomic_directory(dst, overwrite=overwrite, command="hf-to-orbax") as tmp:
         save_host_params(tmp, params)
         (tmp / model_dir.CONFIG_FILE).write_text(json.dumps(meta, indent=2, sort_keys=True) + "\n")
         for file in side_files(ckpt.directory):
@@ -268,7 +264,7 @@ def orbax_to_hf(
     if format not in hf_reader.FORMATS:
         raise ValueError(f"unknown format {format!r}: expected {' or '.join(hf_reader.FORMATS)}")
     shard_bytes = hf_writer.parse_size(max_shard_size)
-    _check_destination(dst, overwrite)
+    destinations.check(dst, sources=[src], overwrite=overwrite)
     config, stored = read_model_config(src)
     out_dtype = _dtype(dtype) or stored
     if format == TRANSFORMERS:
@@ -278,7 +274,7 @@ def orbax_to_hf(
         write_config = lambda d: (d / hf_reader.CONFIG_FILE).write_text(text)  # noqa: E731
     params = restore_numpy(src)
     tensors = _out_tensors(params, format, out_dtype)
-    with model_dir.atomic_directory(dst, overwrite=overwrite) as tmp:
+    with model_dir.atomic_directory(dst, overwrite=overwrite, command="orbax-to-hf") as tmp:
         hf_writer.write_checkpoint(tmp, tensors, shard_bytes, progress)
         write_config(tmp)
         for file in side_files(Path(src)):
@@ -327,7 +323,7 @@ def save_model(
 ) -> Path:
     """Writes ``model`` as a model directory that ``load_model`` restores (params in their
     stored dtype, ``config.json``, and the tokenizer files found in ``tokenizer_dir``)."""
-    _check_destination(dst, overwrite)
+    destinations.check(dst, overwrite=overwrite)
     params = jax.tree.map(np.asarray, nnx.to_pure_dict(nnx.state(model)))
     dtypes = sorted({np.dtype(x.dtype).name for x in jax.tree.leaves(params)})
     if len(dtypes) != 1:
@@ -339,7 +335,7 @@ def save_model(
         "source": source,
         "source_format": "pairuni",
     }
-    with model_dir.atomic_directory(dst, overwrite=overwrite) as tmp:
+    with model_dir.atomic_directory(dst, overwrite=overwrite, command=source) as tmp:
         save_host_params(tmp, params)
         (tmp / model_dir.CONFIG_FILE).write_text(json.dumps(meta, indent=2, sort_keys=True) + "\n")
         for file in side_files(Path(tokenizer_dir)) if tokenizer_dir is not None else ():

@@ -26,6 +26,7 @@ import dataclasses
 import gzip
 import importlib.util
 import math
+import pickle
 import re
 import tempfile
 import zipfile
@@ -36,6 +37,7 @@ from typing import Any
 import numpy as np
 from flax import nnx
 
+from pairuni_jax import destinations
 from pairuni_jax.checkpoint import model_dir
 from pairuni_jax.models.clip import CLIP, CLIPConfig, TextConfig, VisionConfig
 
@@ -118,6 +120,7 @@ def convert_hpsv2(
     heads: (vision, text) attention heads when ``config`` is None (None: ViT-H-14's head widths).
     bpe_path: ``bpe_simple_vocab_16e6.txt.gz`` (default: the copy shipped in open-clip-torch).
     """
+    destinations.check(dst, sources=[src], overwrite=overwrite)
     state = load_torch_state_dict(src)
     derived = config_from_state_dict(
         state, *((config.vision.heads, config.text.heads) if config else heads)
@@ -129,7 +132,10 @@ def convert_hpsv2(
     meta = {"kind": REWARD_KIND, "clip": config.to_dict(), "source": Path(src).name}
     with tempfile.TemporaryDirectory() as tokenizer_dir:
         files = save_clip_tokenizer(tokenizer_dir, config.text.context_length, bpe_path)
-        return model_dir.save_model_dir(dst, params, meta, files, overwrite=overwrite), config
+        saved = model_dir.save_model_dir(
+            dst, params, meta, files, overwrite=overwrite, command="convert hpsv2"
+        )
+        return saved, config
 
 
 def config_from_state_dict(
@@ -207,7 +213,14 @@ def load_torch_state_dict(path: str | Path) -> Mapping[str, Any]:
     path = Path(path)
     if not path.is_file():
         raise FileNotFoundError(f"{path}: no such checkpoint file")
-    ckpt = torch.load(path, map_location="cpu", weights_only=True, mmap=zipfile.is_zipfile(path))
+    try:
+        ckpt = torch.load(
+            path, map_location="cpu", weights_only=True, mmap=zipfile.is_zipfile(path)
+        )
+    except (pickle.UnpicklingError, EOFError, RuntimeError, ValueError) as e:
+        raise CheckpointMismatchError(
+            f"{path}: not a torch checkpoint that loads with weights_only=True ({e})"
+        ) from e
     state = ckpt.get("state_dict", ckpt) if isinstance(ckpt, Mapping) else None
     if not isinstance(state, Mapping) or not all(torch.is_tensor(v) for v in state.values()):
         raise CheckpointMismatchError(

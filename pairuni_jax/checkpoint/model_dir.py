@@ -20,7 +20,7 @@ import orbax.checkpoint as ocp
 from flax import nnx
 from jax.sharding import Mesh, SingleDeviceSharding
 
-from pairuni_jax import sharding
+from pairuni_jax import destinations, sharding
 
 PARAMS_SUBDIR = "params"
 CONFIG_FILE = "config.json"
@@ -31,22 +31,40 @@ class NotAModelDirError(ValueError):
 
 
 @contextlib.contextmanager
-def atomic_directory(destination: str | Path, overwrite: bool = False) -> Iterator[Path]:
-    """Yields a temporary directory that becomes ``destination`` when the block succeeds."""
+def atomic_directory(
+    destination: str | Path, overwrite: bool = False, command: str = "pairuni"
+) -> Iterator[Path]:
+    """Yields a temporary directory that becomes ``destination`` when the block succeeds.
+
+    The result carries the ``destinations.MARKER`` of ``command``. An existing ``destination``
+    is replaced only with ``overwrite`` and only when it holds nothing but what a pairuni
+    command wrote (``destinations.check_replaceable``); it is moved aside before the new one
+    is renamed into place and deleted after, so an interruption never leaves neither.
+    """
     destination = Path(destination).absolute()
-    if destination.exists() and not overwrite:
-        raise FileExistsError(f"{destination} already exists; choose a new path or pass overwrite")
+    if destination.exists():
+        if not overwrite:
+            raise destinations.DestinationError(
+                f"{destination} already exists; choose a new path or pass overwrite"
+            )
+        destinations.check_replaceable(destination)
     destination.parent.mkdir(parents=True, exist_ok=True)
     tmp = destination.parent / f".{destination.name}.tmp-{uuid.uuid4().hex[:8]}"
     tmp.mkdir()
     try:
         yield tmp
+        destinations.write_marker(tmp, command)
     except BaseException:
         shutil.rmtree(tmp, ignore_errors=True)
         raise
+    old = None
     if destination.exists():
-        shutil.rmtree(destination)
+        destinations.check_replaceable(destination)  # again: it may have changed meanwhile
+        old = destination.parent / f".{destination.name}.old-{uuid.uuid4().hex[:8]}"
+        destination.rename(old)
     tmp.rename(destination)
+    if old is not None:
+        shutil.rmtree(old)
 
 
 def save_params(directory: str | Path, params: Any) -> None:
@@ -62,9 +80,10 @@ def save_model_dir(
     config: dict[str, Any],
     files: Iterable[str | Path] = (),
     overwrite: bool = False,
+    command: str = "pairuni",
 ) -> Path:
     """Writes params, ``config.json`` and copies of ``files`` into a new model directory."""
-    with atomic_directory(destination, overwrite=overwrite) as tmp:
+    with atomic_directory(destination, overwrite=overwrite, command=command) as tmp:
         save_params(tmp, params)
         (tmp / CONFIG_FILE).write_text(json.dumps(config, indent=2, sort_keys=True) + "\n")
         for file in files:

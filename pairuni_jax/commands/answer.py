@@ -35,6 +35,7 @@ def run(args: argparse.Namespace) -> int:
     import jax.numpy as jnp
 
     from pairuni_jax.data.images import load_and_preprocess
+    from pairuni_jax.rollout import limits
     from pairuni_jax.rollout import text as text_rollout
 
     settings_kw = dict(
@@ -50,6 +51,9 @@ def run(args: argparse.Namespace) -> int:
         encoder, model = loaded.encoder, loaded.model
         pixels = load_and_preprocess(args.image, model.config.vision.image_size)
         ids = encoder.understanding_ids(args.question)
+        limits.check_positions(
+            model.config, len(ids), args.max_new_tokens, "--question + --max-new-tokens"
+        )
     except (OSError, ValueError) as e:
         print(f"error: {e}")
         return 2

@@ -14,10 +14,6 @@ from __future__ import annotations
 
 import argparse
 from pathlib import Path
-from typing import TYPE_CHECKING
-
-if TYPE_CHECKING:
-    from pairuni_jax import sharding
 
 
 def register(commands: argparse._SubParsersAction) -> None:
@@ -88,20 +84,6 @@ def register(commands: argparse._SubParsersAction) -> None:
     parser.set_defaults(func=run)
 
 
-def parse_mesh(text: str) -> sharding.MeshConfig:
-    """``data=1,fsdp=-1`` -> ``MeshConfig(data=1, fsdp=-1)`` (unnamed axes keep their defaults)."""
-    from pairuni_jax import sharding
-
-    sizes = {}
-    for item in text.split(","):
-        name, sep, value = item.partition("=")
-        name = name.strip()
-        if not sep or name not in sharding.MESH_AXES or not value.strip().lstrip("-").isdigit():
-            raise ValueError(f"--mesh {text!r}: expected data=D,fsdp=F,tensor=T (any of them)")
-        sizes[name] = int(value)
-    return sharding.MeshConfig(**sizes)
-
-
 def run(args: argparse.Namespace) -> int:
     from pairuni_jax import sharding
     from pairuni_jax.data.records import DataError
@@ -127,7 +109,9 @@ def run(args: argparse.Namespace) -> int:
             seed=args.seed,
             top_n=args.top_n,
             threshold=args.threshold,
-            mesh=parse_mesh(args.mesh) if args.mesh else sharding.MeshConfig(),
+            mesh=sharding.MeshConfig(**sharding.parse_mesh_flag(args.mesh))
+            if args.mesh
+            else sharding.MeshConfig(),
             on_error=args.on_error,
             overwrite=args.overwrite,
             batch_size=args.batch_size,

@@ -18,6 +18,12 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     parser.add_argument("--format", choices=("transformers", "deepseek"), default="transformers")
     parser.add_argument("--dtype", choices=("bf16", "fp32"), default=None)
     parser.add_argument("--overwrite", action="store_true")
+    parser.add_argument(
+        "--adapters-only",
+        action="store_true",
+        help="a LoRA run: write only its adapters (PEFT's adapter_model.safetensors + "
+        "adapter_config.json) instead of merging them into the base",
+    )
     parser.set_defaults(func=run)
 
 
@@ -32,6 +38,7 @@ def run(args: argparse.Namespace) -> int:
             format=args.format,
             dtype=args.dtype,
             overwrite=args.overwrite,
+            adapters_only=args.adapters_only,
         )
     except (FileNotFoundError, ValueError) as e:
         print(f"error: {e}", file=sys.stderr)

@@ -49,6 +49,7 @@ def run(args: argparse.Namespace) -> int:
     from PIL import Image
 
     from pairuni_jax.rollout import image as image_rollout
+    from pairuni_jax.rollout import limits
 
     if args.n < 1:
         print(f"error: --n must be >= 1, got {args.n}")
@@ -58,6 +59,8 @@ def run(args: argparse.Namespace) -> int:
         image_rollout.ImageSettings(pad_id=0, **settings_kw)  # validate before loading the model
         loaded = model_loading.load(args)
         ids = loaded.encoder.generation_ids(args.prompt)
+        image_tokens = loaded.model.config.num_generated_image_tokens
+        limits.check_positions(loaded.model.config, len(ids), image_tokens, "--prompt")
     except (OSError, ValueError) as e:
         print(f"error: {e}")
         return 2

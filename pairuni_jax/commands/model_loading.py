@@ -20,8 +20,8 @@ if TYPE_CHECKING:  # the CLI imports this module for its flags: no JAX, no data 
     from pairuni_jax.models.janus import Janus
 
 
-def add_model_arguments(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument("--model", required=True, help="Orbax model directory (with tokenizer)")
+def add_model_arguments(parser: argparse.ArgumentParser, required: bool = True) -> None:
+    parser.add_argument("--model", required=required, help="Orbax model directory (with tokenizer)")
     parser.add_argument(
         "--dtype",
         type=DType,

@@ -9,8 +9,9 @@ read or allocated), for a mesh over:
 - ``--devices N``: N fake CPU devices (give ``--hbm-gib`` to check a limit);
 - neither: the devices of this machine.
 
-Prints memory per device, FLOPs per step and the projected step time; exits 1 when the step does
-not fit in HBM, naming the biggest consumers and the settings that would help, 2 on a bad config.
+Prints memory per device, FLOPs per step and the projected step time (``--json FILE`` also
+writes them machine-readably); exits 1 when the step does not fit in HBM, naming what would make
+it fit and the settings that would help, 2 on a bad config, mesh, topology or libtpu.
 """
 
 from __future__ import annotations
@@ -43,18 +44,35 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     parser.add_argument(
         "--mfu", type=float, default=0.4, help="assumed MFU of compute-bound work (default 0.4)"
     )
+    parser.add_argument(
+        "--json", metavar="FILE", help="also write the plan as JSON (a new file, or a plan's)"
+    )
     parser.set_defaults(func=run)
 
 
-def mesh_overrides(text: str) -> list[str]:
-    """``data=1,fsdp=8,tensor=1`` -> ``["mesh.data=1", "mesh.fsdp=8", "mesh.tensor=1"]``."""
-    out = []
-    for part in text.split(","):
-        name, sep, value = part.partition("=")
-        if not sep or name.strip() not in ("data", "fsdp", "tensor"):
-            raise ValueError(f"--mesh {text!r}: expected data=D,fsdp=F,tensor=T (any of them)")
-        out.append(f"mesh.{name.strip()}={value.strip()}")
-    return out
+def check_json_destination(path: str) -> None:
+    """Refuses, before compiling, a destination that cannot be written or that holds something
+    other than an earlier plan (never overwrite what plan did not write)."""
+    import json
+    from pathlib import Path
+
+    target = Path(path)
+    if not target.parent.is_dir():
+        raise ValueError(f"--json {path}: directory {target.parent} does not exist")
+    if target.exists():
+        try:
+            previous = json.loads(target.read_text())
+        except (OSError, UnicodeDecodeError, json.JSONDecodeError):
+            previous = None
+        if not (isinstance(previous, dict) and {"compiler", "memory_bytes"} <= previous.keys()):
+            raise ValueError(f"--json {path}: exists and is not a plan this command wrote")
+
+
+def _mesh_overrides(text: str) -> list[str]:
+    """``data=1,fsdp=8`` -> ``["mesh.data=1", "mesh.fsdp=8"]`` (the config keeps the other axes)."""
+    from pairuni_jax.sharding import parse_mesh_flag
+
+    return [f"mesh.{name}={size}" for name, size in parse_mesh_flag(text).items()]
 
 
 def cpu_devices(count: int) -> list:
@@ -82,7 +100,9 @@ def run(args: argparse.Namespace) -> int:
     from pairuni_jax.run_config import load_run_config
 
     try:
-        overrides = list(args.overrides) + (mesh_overrides(args.mesh) if args.mesh else [])
+        if args.json:
+            check_json_destination(args.json)
+        overrides = list(args.overrides) + (_mesh_overrides(args.mesh) if args.mesh else [])
         config = load_run_config(args.config, overrides)
         hosts = args.hosts
         if args.topology:
@@ -113,6 +133,9 @@ def run(args: argparse.Namespace) -> int:
         print(f"pairuni plan: error: {e}", file=sys.stderr)
         return 2
     print(plan.format_plan(result))
+    if args.json:
+        plan.write_json(result, args.json)
+        print(f"plan written to {args.json}")
     if result.fits is None:
         print("no HBM size known: pass --topology or --hbm-gib to check the fit")
     elif not result.fits:

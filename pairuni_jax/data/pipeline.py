@@ -3,13 +3,22 @@
 Order of operations (one global order, then one slice per host)::
 
     valid records --shuffle(seed; reshuffled each epoch)--> repeat(num_epochs)
-      --> [truncate to whole global batches when finite] --> [shard_index::shard_count]
-      --> map(PairEncoder: image + prompts + HPS tokens) --> batch(P) --> threads / worker processes
+      --> global batches of G pairs (whole ones only) --> this host's rows of each (``HostSlice``)
+      --> map(PairEncoder: image + prompts + HPS tokens) --> threads / worker processes
+      --> drop records that failed to encode (on_error="skip") --> batch(P)
 
-Every record is validated once when the pipeline is built (``records.scan_jsonl``, plus the
-tokenized-length limits); ``on_error="skip"`` leaves bad records out of the order and counts them in
-``PairPipeline.report``. Every host scans the whole file, so all hosts agree on the record list.
-A failure that appears only later (an image changed after the scan) always raises.
+Global batch ``s`` is positions ``[s * G, (s + 1) * G)`` of the global order whatever the number of
+hosts; a host reads only its rows of it (``HostSlice.rows``, the rows its devices hold), so every
+pair is read by one host and a step sees the same pairs in the same rows on 1 host or 16 (a record
+dropped in the map step is replaced by the host's next row, so a step with a dropped record
+differs).
+
+Every record is validated once when the pipeline is built (``records.scan_jsonl``: images decoded
+in full, plus the tokenized-length limits); ``on_error="skip"`` leaves bad records out of the
+order and counts them in ``PairPipeline.report``. Every host scans the whole file, so all hosts
+agree on the record list. A record that fails only in the map step (an image changed after the
+scan, a text the tokenizer rejects) raises with its file and line, or under ``on_error="skip"``
+is dropped and counted in ``PairPipeline.map_skips`` (``data.skipping``).
 
 Batch (numpy; P = ``pairs_per_host``, Lu / Lg = ``max_und_len`` / ``max_gen_len``,
 S = ``image_size``):
@@ -43,7 +52,7 @@ from typing import Any
 import grain
 import numpy as np
 
-from pairuni_jax.data import images, prompts, records
+from pairuni_jax.data import images, prompts, records, skipping
 
 HPS_CONTEXT_LENGTH = 77
 ASSETS = Path(__file__).resolve().parents[1] / "assets"
@@ -139,6 +148,58 @@ class DataConfig:
         return cls(**(values | overrides))
 
 
+@dataclasses.dataclass(frozen=True)
+class HostSlice:
+    """The rows of every global batch that one host reads.
+
+    Attributes:
+      global_pairs: G, pairs in one global batch (all hosts together).
+      rows: this host's rows of it, ascending, in ``[0, G)``; row ``j`` of the host's batch ``s``
+        is position ``s * G + rows[j]`` of the global order.
+    """
+
+    global_pairs: int
+    rows: tuple[int, ...]
+
+    def __post_init__(self):
+        rows = list(self.rows)
+        if not rows or rows != sorted(set(rows)) or rows[0] < 0 or rows[-1] >= self.global_pairs:
+            raise ValueError(
+                f"HostSlice rows must be ascending, distinct and in [0, {self.global_pairs}), "
+                f"got {self.rows}"
+            )
+
+    @classmethod
+    def block(cls, index: int, count: int, pairs_per_host: int) -> HostSlice:
+        """Host ``index`` of ``count`` reading rows ``[index * P, (index + 1) * P)``."""
+        if not 0 <= index < count:
+            raise ValueError(f"host index {index} not in [0, {count})")
+        start = index * pairs_per_host
+        return cls(pairs_per_host * count, tuple(range(start, start + pairs_per_host)))
+
+
+class HostRowsDataset(grain.MapDataset):
+    """A host's rows of each global batch of ``parent`` (the global order): element ``i`` is
+    ``parent[(i // P) * G + rows[i % P]]``; a last, partial global batch is left out."""
+
+    def __init__(self, parent: grain.MapDataset, host: HostSlice):
+        super().__init__(parent)
+        self.host = host
+        self._length = len(parent) // host.global_pairs * len(host.rows)
+
+    def __len__(self) -> int:
+        return self._length
+
+    def __getitem__(self, index):
+        if isinstance(index, slice):
+            return self.slice(index)
+        batch, row = divmod(index, len(self.host.rows))
+        return self._parent[batch * self.host.global_pairs + self.host.rows[row]]
+
+    def __str__(self) -> str:
+        return f"HostRowsDataset(G={self.host.global_pairs}, rows={list(self.host.rows)})"
+
+
 class PairSource:
     """Grain ``RandomAccessDataSource`` over the indexed valid records of one JSONL file."""
 
@@ -218,10 +279,14 @@ class PairEncoder(grain.transforms.Map):
         self.hps_tokenize = hps_tokenize
 
     def check(self, record: records.PairRecord) -> list[records.Issue]:
-        """Prompt-length issues of ``record`` (``PROMPT_TOO_LONG``)."""
+        """Tokenizer issues of ``record`` (``UNTOKENIZABLE_TEXT``, ``PROMPT_TOO_LONG``)."""
         cfg = self.config
-        und = len(self.prompts.understanding_ids(record.understand.question))
-        gen = len(self.prompts.generation_ids(record.generate.prompt))
+        try:
+            und = len(self._understanding_ids(record))
+            gen = len(self._generation_ids(record))
+            self._hps_ids(record)
+        except records.DataError as e:
+            return e.issues
         issues = []
         if und > cfg.max_und_len:
             message = (
@@ -241,21 +306,47 @@ class PairEncoder(grain.transforms.Map):
         kind = records.ErrorKind.PROMPT_TOO_LONG
         return records.Issue(kind, record.file, record.line, field, message)
 
-    def map(self, record: records.PairRecord) -> dict[str, np.ndarray]:
-        cfg, ids = self.config, self.prompts.ids
-        und_ids, und_mask = prompts.left_pad(
-            self.prompts.understanding_ids(record.understand.question), cfg.max_und_len, ids.pad
+    def _understanding_ids(self, record: records.PairRecord) -> np.ndarray:
+        field, kind = "understand_ann.question", records.ErrorKind.UNTOKENIZABLE_TEXT
+        encode = self.prompts.understanding_ids
+        return skipping.located(record, field, kind, encode, record.understand.question)
+
+    def _generation_ids(self, record: records.PairRecord) -> np.ndarray:
+        field, kind = "generate_ann.prompt", records.ErrorKind.UNTOKENIZABLE_TEXT
+        return skipping.located(
+            record, field, kind, self.prompts.generation_ids, record.generate.prompt
         )
-        gen_ids, gen_mask = prompts.left_pad(
-            self.prompts.generation_ids(record.generate.prompt), cfg.max_gen_len, ids.pad
+
+    def _hps_ids(self, record: records.PairRecord) -> np.ndarray:
+        field, kind = "generate_ann.prompt", records.ErrorKind.UNTOKENIZABLE_TEXT
+        hps = np.asarray(
+            skipping.located(record, field, kind, self.hps_tokenize, [record.generate.prompt])
         )
-        pixels = self._image(record, "understand_ann", record.understand.image_path)
-        hps = np.asarray(self.hps_tokenize([record.generate.prompt]))
         if hps.shape != (1, HPS_CONTEXT_LENGTH):
             raise ValueError(
                 f"the HPS tokenizer returned shape {hps.shape} for one text, "
                 f"expected (1, {HPS_CONTEXT_LENGTH})"
             )
+        return hps
+
+    def map(self, record: records.PairRecord) -> dict[str, np.ndarray] | skipping.SkippedRecord:
+        """The batch row of ``record``; a ``DataError`` (file, line, field) if it cannot be
+        encoded, or under ``on_error="skip"`` a ``SkippedRecord`` in its place."""
+        try:
+            return self._encode(record)
+        except records.DataError as e:
+            if self.config.on_error != "skip":
+                raise
+            return skipping.SkippedRecord(e.issues[0])
+
+    def _encode(self, record: records.PairRecord) -> dict[str, np.ndarray]:
+        cfg, ids = self.config, self.prompts.ids
+        und_ids, und_mask = prompts.left_pad(
+            self._understanding_ids(record), cfg.max_und_len, ids.pad
+        )
+        gen_ids, gen_mask = prompts.left_pad(self._generation_ids(record), cfg.max_gen_len, ids.pad)
+        pixels = self._pixels(record, "understand_ann", record.understand.image_path)
+        hps = self._hps_ids(record)
         return {
             "und_input_ids": und_ids,
             "und_attention_mask": und_mask,
@@ -270,7 +361,7 @@ class PairEncoder(grain.transforms.Map):
             "record_index": np.int32(record.line - 1),
         } | (
             {
-                "gen_pixel_values": self._image(
+                "gen_pixel_values": self._pixels(
                     record,
                     "generate_ann",
                     record.generate.image_path,
@@ -281,16 +372,13 @@ class PairEncoder(grain.transforms.Map):
             else {}
         )
 
-    def _image(
+    def _pixels(
         self, record: records.PairRecord, side: str, path: Path, size: int | None = None
     ) -> np.ndarray:
-        try:
-            return images.load_and_preprocess(path, size or self.config.image_size)
-        except Exception as e:  # re-raised with the record's location
-            field, kind = f"{side}.image_path", records.ErrorKind.UNREADABLE_IMAGE
-            message = f"{type(e).__name__}: {e}"
-            issue = records.Issue(kind, record.file, record.line, field, message)
-            raise records.DataError([issue]) from e
+        """``side``'s image at ``size`` (default ``image_size``); unreadable: located DataError."""
+        field, kind = f"{side}.image_path", records.ErrorKind.UNREADABLE_IMAGE
+        load = images.load_and_preprocess
+        return skipping.located(record, field, kind, load, path, size or self.config.image_size)
 
 
 class PairPipeline:
@@ -303,6 +391,7 @@ class PairPipeline:
 
     Attributes:
       report: the ``records.ValidationReport`` of the scan (skipped records counted by kind).
+      map_skips: records dropped in the map step under ``on_error="skip"``, counted by kind.
       source: the ``PairSource`` of valid records.
     """
 
@@ -320,46 +409,48 @@ class PairPipeline:
         if len(index) == 0:
             raise ValueError(f"{config.path} has no valid pair records\n{self.report.summary()}")
         self.source = PairSource(index, records.image_base(config.path, config.image_root))
+        self.map_skips = skipping.DropSkipped()
 
     def record(self, record_index: int) -> records.PairRecord:
         """The record a batch's ``record_index`` entry refers to (for logs and sample files)."""
         return self.source[self.source.position_of_line(record_index + 1)]
 
-    def dataset(self, shard: grain.sharding.ShardOptions | None = None) -> grain.IterDataset:
-        """This host's batches; ``shard`` defaults to ``ShardByJaxProcess`` (one per process)."""
+    def dataset(self, host: HostSlice | None = None) -> grain.IterDataset:
+        """This host's batches: its ``host`` rows of each global batch (default: the block of
+        this JAX process, ``HostSlice.block(process_index, process_count, pairs_per_host)``)."""
         cfg = self.config
-        shard = shard or grain.sharding.ShardByJaxProcess(drop_remainder=True)
-        if not 0 <= shard.shard_index < shard.shard_count:
-            raise ValueError(f"shard index {shard.shard_index} not in [0, {shard.shard_count})")
-        ds = grain.MapDataset.source(self.source).shuffle(seed=cfg.seed).repeat(cfg.num_epochs)
-        if cfg.num_epochs is not None:  # every host must yield the same number of batches
-            global_batch = cfg.pairs_per_host * shard.shard_count
-            usable = len(ds) // global_batch * global_batch
-            if usable == 0:
-                raise ValueError(
-                    f"{len(self.source)} valid records x {cfg.num_epochs} epochs "
-                    f"do not fill one global batch of {global_batch} pairs"
-                )
-            ds = ds[:usable]
-        ds = ds[shard.shard_index :: shard.shard_count]
-        ds = ds.map(self.encoder).batch(cfg.pairs_per_host, drop_remainder=True)
-        ds = ds.to_iter_dataset(
-            grain.ReadOptions(
-                num_threads=cfg.read_threads, prefetch_buffer_size=cfg.prefetch_batches
+        if host is None:
+            process = grain.sharding.ShardByJaxProcess()
+            host = HostSlice.block(process.shard_index, process.shard_count, cfg.pairs_per_host)
+        if len(host.rows) != cfg.pairs_per_host:
+            raise ValueError(
+                f"this host reads {len(host.rows)} rows of each global batch, "
+                f"but data.pairs_per_host = {cfg.pairs_per_host}"
             )
+        ds = grain.MapDataset.source(self.source).shuffle(seed=cfg.seed).repeat(cfg.num_epochs)
+        if len(ds) < host.global_pairs:
+            raise ValueError(
+                f"{len(self.source)} valid records x {cfg.num_epochs} epochs "
+                f"do not fill one global batch of {host.global_pairs} pairs"
+            )
+        ds = HostRowsDataset(ds, host).map(self.encoder)
+        rows_ahead = cfg.prefetch_batches * cfg.pairs_per_host
+        ds = ds.to_iter_dataset(
+            grain.ReadOptions(num_threads=cfg.read_threads, prefetch_buffer_size=rows_ahead)
         )
         if cfg.num_workers > 0:
             _mark_absl_flags_parsed()
             ds = ds.mp_prefetch(
                 grain.MultiprocessingOptions(
-                    num_workers=cfg.num_workers, per_worker_buffer_size=cfg.prefetch_batches
+                    num_workers=cfg.num_workers, per_worker_buffer_size=rows_ahead
                 )
             )
-        return ds
+        # Skipped records are dropped (and counted) in this process, so batches stay full.
+        return ds.filter(self.map_skips).batch(cfg.pairs_per_host, drop_remainder=True)
 
-    def iterator(self, shard: grain.sharding.ShardOptions | None = None) -> grain.DatasetIterator:
-        """A checkpointable iterator over ``dataset(shard)`` (``get_state`` / ``set_state``)."""
-        return iter(self.dataset(shard))
+    def iterator(self, host: HostSlice | None = None) -> grain.DatasetIterator:
+        """A checkpointable iterator over ``dataset(host)`` (``get_state`` / ``set_state``)."""
+        return iter(self.dataset(host))
 
 
 def _mark_absl_flags_parsed() -> None:

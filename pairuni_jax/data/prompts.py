@@ -124,7 +124,18 @@ class PromptEncoder:
 
     def generation_ids(self, prompt: str) -> np.ndarray:
         """int32[Lg']: BOS, the generation prompt, ``<begin_of_image>`` last and only there."""
-        ids = self._encode(generation_prompt(prompt))
+        return self._image_prompt_ids(generation_prompt(prompt))
+
+    def plain_generation_ids(self, text: str) -> np.ndarray:
+        """int32[L]: BOS, ``text`` as it is, ``<begin_of_image>``; no chat template.
+
+        What transformers' ``JanusProcessor(generation_mode="image")`` builds (its integration
+        test's prompt, 17 ids with the Janus-Pro tokenizer); ``pairuni verify`` uses it.
+        """
+        return self._image_prompt_ids(text + BEGIN_OF_IMAGE)
+
+    def _image_prompt_ids(self, text: str) -> np.ndarray:
+        ids = self._encode(text)
         if ids[-1] != self.ids.begin_of_image or np.sum(ids == self.ids.begin_of_image) != 1:
             raise ValueError(
                 f"{BEGIN_OF_IMAGE} must be the last generation-prompt token and "

@@ -34,8 +34,10 @@ record is *retrieved* (pair weight sqrt(similarity)).
 from __future__ import annotations
 
 import collections
+import concurrent.futures
 import dataclasses
 import enum
+import itertools
 import json
 import math
 import os
@@ -45,8 +47,8 @@ from pathlib import Path
 from typing import Any, Literal
 
 import numpy as np
-from PIL import Image
 
+from pairuni_jax.data import images
 from pairuni_jax.data.prompts import SPECIAL_TOKENS
 
 ALIGNED_SIMILARITY = 0.999
@@ -58,6 +60,8 @@ REQUIRED_FIELDS = {
 }
 NO_TAG = "<none>"  # how reports count records without a tag
 OnError = Literal["raise", "skip"]
+IMAGE_THREADS = min(32, os.cpu_count() or 1)
+SCAN_CHUNK = 256  # records parsed, then image-checked in parallel, at a time
 
 _OPTION_LINE = re.compile(r"^[ \t]*([A-Z])\.[ \t]", re.MULTILINE)
 
@@ -78,6 +82,9 @@ class ErrorKind(enum.StrEnum):
     PROMPT_TOO_LONG = "prompt_too_long"
     DUPLICATE_IMAGE = "duplicate_image"
     INVALID_FEATURE = "invalid_feature"
+    UNENCODABLE_TEXT = "unencodable_text"
+    UNTOKENIZABLE_TEXT = "untokenizable_text"
+    NO_RECORDS = "no_records"
 
 
 @dataclasses.dataclass(frozen=True)
@@ -199,6 +206,9 @@ def parse_record(
     obj = parse_json_object(raw, report)
     if obj is None:
         return None, issues
+    for field, message in _unencodable_strings(obj):
+        report(ErrorKind.UNENCODABLE_TEXT, field, message)
+
     similarity = _parse_similarity(obj, report)
     aligned_field = obj.get("aligned")
     if aligned_field is not None and not isinstance(aligned_field, bool):
@@ -232,9 +242,32 @@ def parse_json_object(
     return obj
 
 
+def _unencodable_strings(value: Any, path: str = "") -> Iterator[tuple[str, str]]:
+    """(field, message) for every string in a parsed JSON value that is not valid Unicode text:
+    JSON's ``\\ud800`` escapes can spell lone surrogates, which no tokenizer can encode."""
+    if isinstance(value, str):
+        try:
+            value.encode("utf-8")
+        except UnicodeEncodeError as e:
+            code = ord(value[e.start])
+            yield (
+                path or "<line>",
+                (
+                    f"holds the lone surrogate U+{code:04X} at character {e.start} (a broken "
+                    "\\u escape), which is not text a tokenizer can encode"
+                ),
+            )
+    elif isinstance(value, dict):
+        for key, item in value.items():
+            yield from _unencodable_strings(item, f"{path}.{key}" if path else str(key))
+    elif isinstance(value, list):
+        for i, item in enumerate(value):
+            yield from _unencodable_strings(item, f"{path}[{i}]")
+
+
 def check_images(record: PairRecord) -> list[Issue]:
-    """Opens both sides' images (those present): missing files and files PIL cannot read become
-    issues."""
+    """Decodes both sides' images in full: missing files and files PIL cannot decode (truncated,
+    corrupt data, unsupported pixel types) become issues."""
     issues = []
     checked: set[Path] = set()
     for side, annotation in zip(SIDES, (record.generate, record.understand), strict=True):
@@ -249,12 +282,12 @@ def check_images(record: PairRecord) -> list[Issue]:
 
 
 def check_image_file(path: Path, *, file: Path, line: int, field: str) -> list[Issue]:
-    """Opens one image: a missing file or one PIL cannot read is an issue at (file, line, field)."""
+    """Decodes one image in full: a missing file or one PIL cannot decode (truncated, corrupt
+    data, unsupported pixel types) is an issue at (file, line, field)."""
     if not path.is_file():
         return [Issue(ErrorKind.MISSING_IMAGE, file, line, field, f"no image file at {path}")]
     try:
-        with Image.open(path) as image:
-            image.verify()
+        images.load_image(path)
     except Exception as e:  # PIL raises many types for corrupt files; all mean "unreadable"
         message = f"cannot read {path}: {type(e).__name__}: {e}"
         return [Issue(ErrorKind.UNREADABLE_IMAGE, file, line, field, message)]
@@ -323,7 +356,8 @@ def scan_jsonl(
     on_error: OnError = "raise",
     extra_check: RecordCheck | None = None,
 ) -> tuple[LineIndex, ValidationReport]:
-    """Indexes and validates every record of ``path``, including its images.
+    """Indexes and validates every record of ``path``, including its images (decoded in full).
+    A file without records is an error (``NO_RECORDS``).
 
     ``extra_check`` adds caller-specific checks (the pipeline's tokenized-length limits).
     With ``on_error="raise"`` the first bad record raises ``DataError``; with ``"skip"`` bad records
@@ -336,18 +370,32 @@ def scan_jsonl(
     index = index_jsonl(path)
     base = image_base(path, image_root)
     report = ValidationReport(file=index.file, records=len(index))
+    if len(index) == 0:
+        issue = Issue(ErrorKind.NO_RECORDS, index.file, 0, "<file>", "empty or only blank lines")
+        if on_error == "raise":
+            raise DataError([issue])
+        report.issues.append(issue)
+        report.errors_by_kind[issue.kind.value] += 1
     keep = np.zeros(len(index), dtype=bool)
-    for i, (line, raw) in enumerate(iter_lines(index)):
-        record, issues = parse_record(raw, file=index.file, line=line, base=base)
-        if record is not None:
-            issues = check_images(record) + (extra_check(record) if extra_check else [])
-        if issues:
-            if on_error == "raise":
-                raise DataError(issues)
-            report.add_invalid(issues)
-        else:
-            keep[i] = True
-            report.add_valid(record)
+    lines = iter_lines(index)
+    # Decoding images dominates the scan; PIL's decoders release the GIL, so threads help.
+    with concurrent.futures.ThreadPoolExecutor(IMAGE_THREADS) as pool:
+        for start in range(0, len(index), SCAN_CHUNK):
+            parsed = [
+                parse_record(raw, file=index.file, line=line, base=base)
+                for line, raw in itertools.islice(lines, SCAN_CHUNK)
+            ]
+            found = pool.map(lambda p: check_images(p[0]) if p[0] is not None else [], parsed)
+            for i, ((record, issues), image_issues) in enumerate(zip(parsed, found), start):
+                if record is not None:
+                    issues = image_issues + (extra_check(record) if extra_check else [])
+                if issues:
+                    if on_error == "raise":
+                        raise DataError(issues)
+                    report.add_invalid(issues)
+                else:
+                    keep[i] = True
+                    report.add_valid(record)
     return index.select(keep), report
 
 

@@ -13,14 +13,13 @@ matplotlib is imported only when a picture is drawn.
 from __future__ import annotations
 
 import dataclasses
-import json
 import math
 from collections.abc import Mapping, Sequence
 from pathlib import Path
 
 import numpy as np
 
-from pairuni_jax.logging.metrics import METRICS_FILE
+from pairuni_jax.logging.metrics import METRICS_FILE, read_metrics
 
 CURVES_FILE = "curves.png"
 PANEL_SEPARATOR = "; "
@@ -46,16 +45,6 @@ PANELS = (
 COLUMNS = 4
 PANEL_INCHES = (4.0, 2.8)
 DPI = 100
-
-
-def read_metrics(path: str | Path) -> list[dict[str, float]]:
-    """The complete lines of a ``metrics.jsonl`` (a torn last line is left out)."""
-    rows = []
-    with open(path, encoding="utf-8") as f:
-        for line in f:
-            if line.endswith("\n"):
-                rows.append(json.loads(line))
-    return rows
 
 
 def moving_average(values: np.ndarray, window: int) -> np.ndarray:
@@ -110,5 +99,5 @@ def draw_run_curves(run_dir: str | Path) -> Path:
     """``run_dir/curves.png`` from ``run_dir/metrics.jsonl`` (the whole run, resumes included)."""
     run_dir = Path(run_dir)
     out = run_dir / CURVES_FILE
-    draw_curves(read_metrics(run_dir / METRICS_FILE), out)
+    draw_curves([row for _, row in read_metrics(run_dir / METRICS_FILE)], out)
     return out

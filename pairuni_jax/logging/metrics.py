@@ -42,19 +42,28 @@ def _scalars(metrics: Mapping[str, Any]) -> dict[str, float]:
     return out
 
 
-def _truncate(path: Path, start_step: int) -> None:
-    """Keep the complete lines of ``path`` with a step below ``start_step`` (atomic rewrite)."""
-    kept = []
+def read_metrics(path: str | os.PathLike) -> list[tuple[str, dict[str, Any]]]:
+    """The complete lines of a ``metrics.jsonl``, each with its parsed row; a line torn by an
+    interrupted run (no newline: the last one) is left out. Raises ``ValueError`` naming
+    ``path:line`` for a line that is not a metrics row with a ``step``."""
+    rows = []
     with open(path, encoding="utf-8") as f:
         for number, line in enumerate(f, 1):
             if not line.endswith("\n"):
-                break  # a line torn by the interrupted run
+                break
             try:
-                step = json.loads(line)["step"]
-            except (json.JSONDecodeError, KeyError, TypeError) as e:
-                raise ValueError(f"{path}:{number}: not a metrics line with a step ({e})") from e
-            if step < start_step:
-                kept.append(line)
+                row = json.loads(line)
+            except json.JSONDecodeError as e:
+                raise ValueError(f"{path}:{number}: not a JSON line ({e})") from e
+            if not isinstance(row, dict) or "step" not in row:
+                raise ValueError(f"{path}:{number}: not a metrics line with a step")
+            rows.append((line, row))
+    return rows
+
+
+def _truncate(path: Path, start_step: int) -> None:
+    """Keep the complete lines of ``path`` with a step below ``start_step`` (atomic rewrite)."""
+    kept = [line for line, row in read_metrics(path) if row["step"] < start_step]
     tmp = path.with_name(path.name + ".tmp")
     tmp.write_text("".join(kept), encoding="utf-8")
     os.replace(tmp, path)

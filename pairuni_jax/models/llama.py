@@ -23,6 +23,8 @@ from pairuni_jax.models import stack
 from pairuni_jax.sharding import axes, constrain
 
 Array = jax.Array
+# Query block of ``causal_attention``: each block attends to the keys up to its own last position.
+CAUSAL_BLOCK = 256
 
 
 @dataclasses.dataclass(frozen=True)
@@ -163,7 +165,7 @@ def dot_product_attention(q: Array, k: Array, v: Array, mask: Array) -> Array:
     return out.reshape(b, s, n, d)
 
 
-def causal_attention(q: Array, k: Array, v: Array, mask: Array, block: int = 256) -> Array:
+def causal_attention(q: Array, k: Array, v: Array, mask: Array, block: int = CAUSAL_BLOCK) -> Array:
     """``dot_product_attention`` of S positions over their own keys under a causal ``mask``.
 
     q: [B, S, N, D]; k, v: [B, K, S, D]; mask: bool[B, S, S], False wherever the key comes after
@@ -265,7 +267,8 @@ class DecoderLayer(nnx.Module):
 
     def __call__(self, x, cos, sin, mask, past, index):
         attn_out, new_kv = self.self_attn(self.input_layernorm(x), cos, sin, mask, past, index)
-        x = x + attn_out
+        # Whole rows before the norm: a norm over a split width would sum partial squares.
+        x = constrain(x + attn_out, "batch", "length", "embed")
         x = x + self.mlp(self.post_attention_layernorm(x))
         return constrain(x, "batch", "length", "embed"), new_kv
 
@@ -315,8 +318,12 @@ class LlamaModel(nnx.Module):
         forward: slicing (and casting) inside the loop would copy every weight at every token.
         """
         graphdef, state = nnx.split(self.layers)
+
+        def layer(w: Array, i: int) -> Array:  # quantised kernels (QLoRA) keep their storage
+            return w[i].astype(self.dtype) if jnp.issubdtype(w.dtype, jnp.floating) else w[i]
+
         return tuple(
-            nnx.merge(graphdef, jax.tree.map(lambda w, i=i: w[i].astype(self.dtype), state))
+            nnx.merge(graphdef, jax.tree.map(lambda w, i=i: layer(w, i), state))
             for i in range(self.config.num_layers)
         )
 

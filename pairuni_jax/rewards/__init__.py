@@ -10,6 +10,7 @@ from pairuni_jax.rewards.accuracy import (
     LetterTableArrays,
     OptionLetterTable,
     accuracy_reward,
+    answer_letter,
     format_reward,
 )
 from pairuni_jax.rewards.hps import hps_score, load_reward_model, prompt_features
@@ -29,6 +30,7 @@ __all__ = [
     "RewardWeights",
     "UnderstandingInputs",
     "accuracy_reward",
+    "answer_letter",
     "format_reward",
     "generation_reward",
     "hps_score",

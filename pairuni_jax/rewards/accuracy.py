@@ -152,11 +152,25 @@ def accuracy_reward(
     answer_index: int32[B], 0 for "A". open_tag: int32[N, K] patterns, or None (no tag).
     Returns float32[B].
     """
+    letter = answer_letter(table_array, completion_ids, completion_mask, open_tag=open_tag)
+    return (letter == answer_index).astype(jnp.float32)
+
+
+def answer_letter(
+    table_array: jax.Array,
+    completion_ids: jax.Array,
+    completion_mask: jax.Array,
+    *,
+    open_tag: jax.Array | None = None,
+) -> jax.Array:
+    """The option letter each completion answers: int32[B], 0 for "A", ``OTHER`` (-1) when it
+    gives none (no open tag, nothing after it, or a first non-neutral token that is not a
+    letter). Shapes as in ``accuracy_reward``, which compares this with the answer index."""
     classes, positions = _classes(table_array, completion_ids, completion_mask)
     found, start = _answer_start(completion_ids, completion_mask, open_tag)
     content = (classes != NEUTRAL) & (positions >= start[:, None])
     letter = _at(classes, jnp.argmax(content, axis=-1))
-    return (found & content.any(-1) & (letter == answer_index)).astype(jnp.float32)
+    return jnp.where(found & content.any(-1), letter, OTHER)
 
 
 def format_reward(

@@ -33,7 +33,7 @@ def group_advantages(rewards: Array, eps: float = 1e-4, ddof: int = 1) -> Array:
     rewards = rewards.astype(jnp.float32)
     mean = rewards.mean(axis=1, keepdims=True)
     std = rewards.std(axis=1, keepdims=True, ddof=ddof if rewards.shape[1] > ddof else 0)
-    constant = jnp.all(rewards == rewards[:, :1], axis=1, keepdims=True)
+    constant = rewards.max(axis=1, keepdims=True) == rewards.min(axis=1, keepdims=True)
     return jnp.where(constant, 0.0, (rewards - mean) / (std + eps))
 
 

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import dataclasses
 import enum
+import math
 
 import optax
 
@@ -27,8 +28,8 @@ class OptimizerConfig:
     final_lr_fraction: float = 0.0  # cosine ends at learning_rate × this
 
     def __post_init__(self):
-        if self.learning_rate <= 0:
-            raise ValueError(f"learning_rate must be > 0, got {self.learning_rate}")
+        if not 0 < self.learning_rate < math.inf:
+            raise ValueError(f"learning_rate must be finite and > 0, got {self.learning_rate}")
         if self.warmup_steps < 0 or self.total_steps <= self.warmup_steps:
             raise ValueError(
                 f"need 0 <= warmup_steps < total_steps, got {self.warmup_steps}, {self.total_steps}"

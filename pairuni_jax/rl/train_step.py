@@ -24,12 +24,15 @@ from typing import Any
 import flax.struct
 import jax
 import jax.numpy as jnp
+import numpy as np
 import optax
 from flax import nnx
 
+from pairuni_jax.models import lora
 from pairuni_jax.models.janus import Janus
 from pairuni_jax.models.vq import to_uint8
 from pairuni_jax.rl import advantages as adv_lib
+from pairuni_jax.rl import health
 from pairuni_jax.rl.loss import Aggregation, LossConfig, aggregate, policy_loss
 from pairuni_jax.rl.policy import ImageLogprob, answer_logprobs, image_logprobs
 from pairuni_jax.rl.rollout_data import (
@@ -39,6 +42,7 @@ from pairuni_jax.rl.rollout_data import (
     UnderstandingRollouts,
 )
 from pairuni_jax.rollout.image import ImageSettings, sample_images
+from pairuni_jax.rollout.layout import DecodeLayout, Decoder
 from pairuni_jax.rollout.text import TextSettings, sample_text
 
 Array = jax.Array
@@ -69,6 +73,9 @@ class RolloutConfig:
         image_temperature: divides the guided image logits.
         image_cache_segments: ``ImageSettings.cache_segments``: the image decode runs as this
             many loops over a growing KV cache (decode speed vs compile time).
+        layout: where the weights the decode loops read live (``rollout.layout``): ``auto``,
+            ``train``, ``replicated`` or ``tensor``; ``auto`` takes ``replicated`` when its copy
+            fits a quarter of the chip's HBM, else ``tensor`` on a mesh with a tensor axis.
     """
 
     num_und_rollouts: int = 8
@@ -80,12 +87,20 @@ class RolloutConfig:
     cfg_weight: float = 5.0
     image_temperature: float = 1.0
     image_cache_segments: int = 4
+    layout: DecodeLayout = DecodeLayout.AUTO
 
     def __post_init__(self):
         if self.num_und_rollouts < 2 or self.num_gen_rollouts < 2:
             raise ValueError("GRPO needs at least 2 rollouts per group on each side")
         if self.image_cache_segments < 1:
             raise ValueError(f"image_cache_segments must be >= 1, got {self.image_cache_segments}")
+        if self.max_new_tokens < 1:
+            raise ValueError(f"max_new_tokens must be >= 1, got {self.max_new_tokens}")
+        if not self.cfg_weight >= 0:
+            raise ValueError(f"cfg_weight must be >= 0 (1: no guidance), got {self.cfg_weight}")
+        for name in ("text_temperature", "image_temperature"):
+            if not getattr(self, name) > 0:
+                raise ValueError(f"{name} must be > 0, got {getattr(self, name)}")
 
 
 @dataclasses.dataclass(frozen=True)
@@ -141,7 +156,8 @@ class TrainState:
 def split_policy(
     model: Janus, frozen_modules: tuple[str, ...]
 ) -> tuple[nnx.GraphDef, nnx.State, nnx.State]:
-    """(graphdef, trainable, frozen): parameters under ``frozen_modules`` are frozen."""
+    """(graphdef, trainable, frozen): parameters under ``frozen_modules`` are frozen, and so is
+    every parameter but the adapters of a model with LoRA adapters (``models/lora.py``)."""
     known = set(vars(model))
     if unknown := sorted(set(frozen_modules) - known):
         raise ValueError(f"frozen_modules {unknown} are not modules of Janus")
@@ -149,6 +165,8 @@ def split_policy(
     def is_frozen(path, _):
         return path[0] in frozen_modules
 
+    if lora.is_adapted(model):
+        is_frozen = nnx.Any(is_frozen, nnx.Not(nnx.LoRAParam))
     graphdef, frozen, params = nnx.split(model, is_frozen, ...)
     return graphdef, params, frozen
 
@@ -193,6 +211,8 @@ class TrainStep:
         generation_reward: GenerationRewardFn,
         reward_state: Any,
         learning_rate: optax.Schedule | None = None,
+        skip_nonfinite: bool = False,
+        decode_layout: DecodeLayout = DecodeLayout.TRAIN,
     ):
         self.graphdef = graphdef
         self.config = config
@@ -203,6 +223,9 @@ class TrainStep:
         self.generation_reward = generation_reward
         self.reward_state = reward_state
         self.learning_rate = learning_rate
+        # health.NanPolicy.SKIP_STEP, an argument (not a constant): one program for both policies
+        self.skip_nonfinite = np.bool_(skip_nonfinite)
+        self.decode_layout = decode_layout  # resolved (never AUTO): rollout.layout.resolve
         self.jitted = jax.jit(self._step, donate_argnums=(0,))
 
     def __call__(
@@ -210,18 +233,24 @@ class TrainStep:
     ) -> tuple[TrainState, dict[str, Array], StepSamples]:
         """One step: the new state, the step's metrics and the rollouts of the batch's first
         pair (``StepSamples``; on the device until a caller reads them)."""
-        return self.jitted(state, batch, rng, self.reward_state)
+        return self.jitted(*self.arguments(state, batch, rng))
 
     def lower(self, state, batch, rng):
         """Ahead-of-time lowering (for ``compiled.memory_analysis()`` and cost analysis)."""
-        return self.jitted.lower(state, batch, rng, self.reward_state)
+        return self.jitted.lower(*self.arguments(state, batch, rng))
+
+    def arguments(self, state: TrainState, batch: Batch, rng: Array) -> tuple:
+        """Everything the compiled program takes, in its order."""
+        return state, batch, rng, self.reward_state, self.skip_nonfinite
 
     # -- the program ---------------------------------------------------------------------------
 
     def _model(self, params: nnx.State, frozen: nnx.State) -> Janus:
-        return nnx.merge(self.graphdef, params, frozen)
+        return lora.compute_view(nnx.merge(self.graphdef, params, frozen))
 
-    def _step(self, state: TrainState, batch: Batch, rng: Array, reward_state: Any):
+    def _step(
+        self, state: TrainState, batch: Batch, rng: Array, reward_state: Any, skip_nonfinite: Array
+    ):
         c = self.config
         ku, kg = c.rollout.num_und_rollouts, c.rollout.num_gen_rollouts
         num_pairs = batch["und_input_ids"].shape[0]
@@ -229,9 +258,11 @@ class TrainStep:
         rng_text, rng_image = jax.random.split(jax.random.fold_in(rng, state.step))
 
         # 1. Rollouts and rewards, outside any gradient. The K samples of a prompt share one
-        # prefill; rows come out pair-major (row p·K + k), like the repeated prompts below.
+        # prefill; rows come out pair-major (row p·K + k), like the repeated prompts below. The
+        # weights the decode loops read are laid out for decoding once, for both rollouts.
+        decoder = Decoder(model, self.decode_layout)
         text = sample_text(
-            model,
+            decoder,
             batch["und_input_ids"],
             batch["und_attention_mask"],
             batch["und_pixel_values"],
@@ -240,20 +271,21 @@ class TrainStep:
             dataclasses.replace(self.text_settings, samples_per_prompt=ku),
         )
         images = sample_images(
-            model,
+            decoder,
             batch["gen_input_ids"],
             batch["gen_attention_mask"],
             rng_image,
             dataclasses.replace(self.image_settings, samples_per_prompt=kg),
         )
         text, images = jax.lax.stop_gradient((text, images))
-        pixels = jax.lax.stop_gradient(model.decode_image_tokens(images.tokens))
-        und_reward, und_parts = self.understanding_reward(
-            reward_state, text.tokens, text.mask, batch, ku
-        )
-        gen_reward, gen_parts = self.generation_reward(
-            reward_state, pixels, images.tokens, batch, kg
-        )
+        with jax.named_scope("rewards"):  # the scope ``pairuni plan`` counts rewards by
+            pixels = jax.lax.stop_gradient(model.decode_image_tokens(images.tokens))
+            und_reward, und_parts = self.understanding_reward(
+                reward_state, text.tokens, text.mask, batch, ku
+            )
+            gen_reward, gen_parts = self.generation_reward(
+                reward_state, pixels, images.tokens, batch, kg
+            )
 
         # 2. Pair-weighted, group-normalised advantages (PairUni Eq. 3-4).
         weights = adv_lib.pair_weights(
@@ -306,6 +338,12 @@ class TrainStep:
             iteration, (state.params, state.opt_state), None, length=c.inner_iterations
         )
         aux = jax.tree.map(lambda x: x[0], aux)  # diagnostics of the first (on-policy) iteration
+        nonfinite = health.nonfinite_flags(
+            (aux["und"]["loss"][0], aux["gen"]["loss"][0]), grad_norms, params
+        )
+        params, opt_state = health.keep_previous_if_nonfinite(
+            nonfinite, skip_nonfinite, (params, opt_state), (state.params, state.opt_state)
+        )
         new_state = state.replace(step=state.step + 1, params=params, opt_state=opt_state)
 
         metrics = {
@@ -316,6 +354,7 @@ class TrainStep:
             "gen/tokens_sampled": jnp.float32(images.tokens.size),
             "pair_weight_mean": jnp.mean(weights),
             "grad_norm": grad_norms[0],
+            **nonfinite,
         }
         if self.learning_rate is not None:
             metrics["learning_rate"] = jnp.asarray(self.learning_rate(state.step), jnp.float32)

@@ -11,13 +11,15 @@ token is fed back through ``embed_image_tokens`` to both rows. P is static, so t
 ``lax.scan`` with no stopping logic (a few in a row, over a growing cache: ``cache_segments``).
 
 ``sample_images`` is a pure function with fixed shapes (see ``text.py`` for how to call it inside
-a larger jitted program); ``sample_images_jit`` compiles it alone (``decode_images_jit`` the VQ decode).
+a larger jitted program, with the model or a ``layout.Decoder``); ``sample_images_jit`` compiles
+it alone (``decode_images_jit`` the VQ decode).
 """
 
 from __future__ import annotations
 
 import dataclasses
 import functools
+import math
 
 import flax.struct
 import jax
@@ -29,6 +31,7 @@ from pairuni_jax.models.janus import Janus
 from pairuni_jax.models.vq import to_uint8
 from pairuni_jax.rollout import cache as cache_lib
 from pairuni_jax.rollout import sampling
+from pairuni_jax.rollout.layout import Decoder
 from pairuni_jax.sharding import constrain
 
 Array = jax.Array
@@ -67,6 +70,11 @@ class ImageSettings:
             )
         if self.pad_id < 0:
             raise ValueError(f"ImageSettings.pad_id must be a token id >= 0, got {self.pad_id}")
+        if not 0 <= self.cfg_weight < math.inf:
+            raise ValueError(
+                f"ImageSettings.cfg_weight must be finite and >= 0 (1: no guidance), "
+                f"got {self.cfg_weight}"
+            )
         self.rule  # noqa: B018  (validates the temperature)
 
     @property
@@ -113,7 +121,7 @@ def guided_logits(logits: Array, cfg_weight: float) -> tuple[Array, Array]:
 
 
 def sample_images(
-    model: Janus,
+    model: Janus | Decoder,
     input_ids: Array,
     prompt_mask: Array,
     rng: Array,
@@ -121,58 +129,65 @@ def sample_images(
 ) -> ImageRollout:
     """Samples ``settings.samples_per_prompt`` (K) images (P tokens each) per prompt with CFG.
 
+    model: the policy, or a ``Decoder`` of it (default: ``Decoder(model)``, the train layout).
     input_ids: int32[B, S] left-padded generation prompts, each BOS first and
       ``<begin_of_image>`` last; prompt_mask: bool[B, S], False on padding.
     rng: a PRNG key; image r of the output samples from ``fold_in(rng, r)``, token t from
       ``fold_in(that, t)``: the same key gives the same images, and K images of B prompts equal
       one image of each prompt repeated K times.
     """
+    decoder = model if isinstance(model, Decoder) else Decoder(model)
     k = settings.samples_per_prompt
     batch = input_ids.shape[0] * k
-    num_tokens = model.config.num_generated_image_tokens
+    num_tokens = decoder.source.config.num_generated_image_tokens
     rule = settings.rule
-    ids, mask = cfg_batch(
-        constrain(input_ids, "batch", "length"),
-        constrain(prompt_mask, "batch", "length"),
-        settings.pad_id,
-    )
-    layers = model.language_model.split_layers()
-    hidden, cache = cache_lib.prefill(
-        model,
-        model.embed(constrain(ids, "batch", "length")),
-        constrain(mask, "batch", "length"),
-        ids.shape[1],
-        layers,
-        samples_per_prompt=k,
-        group=2,
-    )
-    next_positions = jnp.repeat(jnp.sum(prompt_mask, axis=-1, dtype=jnp.int32), 2 * k)
-    keys = sampling.row_keys(rng, batch)
-
-    def pick(hidden, step):
-        guided, cond = guided_logits(model.image_logits(hidden), settings.cfg_weight)
-        token, log_prob = sampling.sample(guided, sampling.step_keys(keys, step), rule)
-        return token, log_prob, sampling.rule_log_probs(cond, token, rule)
-
-    def body(carry, step):
-        token, cache = carry
-        embeds = jnp.repeat(model.embed_image_tokens(token), 2, axis=0)
-        hidden, cache = cache_lib.decode_step(
-            model, embeds, next_positions + step - 1, cache, layers
+    with decoder.activations():
+        model = decoder.model
+        ids, mask = cfg_batch(
+            constrain(input_ids, "batch", "length"),
+            constrain(prompt_mask, "batch", "length"),
+            settings.pad_id,
         )
-        out = pick(hidden, step)
-        return (out[0], cache), out
+        hidden, cache = cache_lib.prefill(
+            model,
+            model.embed(constrain(ids, "batch", "length")),
+            constrain(mask, "batch", "length"),
+            ids.shape[1],
+            decoder.layers,
+            samples_per_prompt=k,
+            group=2,
+        )
+        next_positions = jnp.repeat(jnp.sum(prompt_mask, axis=-1, dtype=jnp.int32), 2 * k)
+        keys = sampling.row_keys(rng, batch)
 
-    first = pick(hidden, 0)
-    carry, outputs = (first[0], cache), [tuple(x[:, None] for x in first)]
-    for steps in np.array_split(np.arange(1, num_tokens, dtype=np.int32), settings.cache_segments):
-        if steps.size:  # step t writes slot S + t - 1
-            carry = (carry[0], cache_lib.extend(carry[1], ids.shape[1] + int(steps[-1])))
-            carry, out = jax.lax.scan(body, carry, jnp.asarray(steps))
-            outputs.append(tuple(x.T for x in out))
-    tokens, log_probs, cond_log_probs = (
-        constrain(jnp.concatenate(parts, axis=1), "batch", None) for parts in zip(*outputs)
-    )
+        def pick(hidden, step):
+            # Whole rows of logits: the softmax sums over the codebook on one device.
+            logits = constrain(model.image_logits(hidden), "batch", None)
+            guided, cond = guided_logits(logits, settings.cfg_weight)
+            token, log_prob = sampling.sample(guided, sampling.step_keys(keys, step), rule)
+            return token, log_prob, sampling.rule_log_probs(cond, token, rule)
+
+        def body(carry, step):
+            token, cache = carry
+            embeds = jnp.repeat(model.embed_image_tokens(token), 2, axis=0)
+            hidden, cache = cache_lib.decode_step(
+                model, embeds, next_positions + step - 1, cache, decoder.layers
+            )
+            out = pick(hidden, step)
+            return (out[0], cache), out
+
+        first = pick(hidden, 0)
+        carry, outputs = (first[0], cache), [tuple(x[:, None] for x in first)]
+        segments = np.array_split(np.arange(1, num_tokens, dtype=np.int32), settings.cache_segments)
+        for steps in segments:
+            if steps.size:  # step t writes slot S + t - 1
+                carry = (carry[0], cache_lib.extend(carry[1], ids.shape[1] + int(steps[-1])))
+                with jax.named_scope("image_decode"):
+                    carry, out = jax.lax.scan(body, carry, jnp.asarray(steps))
+                outputs.append(tuple(x.T for x in out))
+        tokens, log_probs, cond_log_probs = (
+            constrain(jnp.concatenate(parts, axis=1), "batch", None) for parts in zip(*outputs)
+        )
     return ImageRollout(tokens=tokens, log_probs=log_probs, cond_log_probs=cond_log_probs)
 
 

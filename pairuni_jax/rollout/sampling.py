@@ -12,6 +12,7 @@ decoding picks the argmax and reports log-probs under the untempered model, ``so
 from __future__ import annotations
 
 import dataclasses
+import math
 
 import jax
 import jax.numpy as jnp
@@ -36,8 +37,10 @@ class SamplingRule:
     greedy: bool = False
 
     def __post_init__(self):
-        if not self.temperature > 0:
-            raise ValueError(f"SamplingRule.temperature must be > 0, got {self.temperature}")
+        if not 0 < self.temperature < math.inf:
+            raise ValueError(
+                f"SamplingRule.temperature must be finite and > 0, got {self.temperature}"
+            )
         if self.top_k < 0:
             raise ValueError(f"SamplingRule.top_k must be >= 0 (0 = off), got {self.top_k}")
         if not 0 < self.top_p <= 1:

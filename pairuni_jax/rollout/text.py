@@ -5,8 +5,9 @@ V vocabulary.
 
 ``sample_text`` is a pure function of the model, the batch arrays, a PRNG key and the (static)
 settings with fixed output shapes, so it can run inside a larger jitted program (the train step)
-or alone (``sample_text_jit``, ``jax.jit`` over the split model state). With ``(graphdef, params)`` call it on
-``nnx.merge(graphdef, params)`` inside the jitted function.
+or alone (``sample_text_jit``, ``jax.jit`` over the split model state). With ``(graphdef, params)``
+call it on ``nnx.merge(graphdef, params)`` inside the jitted function. It takes the model or a
+``layout.Decoder`` of it (the weights the loop reads, laid out for decoding once per step).
 """
 
 from __future__ import annotations
@@ -22,6 +23,7 @@ from flax import nnx
 from pairuni_jax.models.janus import Janus
 from pairuni_jax.rollout import cache as cache_lib
 from pairuni_jax.rollout import sampling
+from pairuni_jax.rollout.layout import Decoder
 from pairuni_jax.sharding import constrain
 
 Array = jax.Array
@@ -80,7 +82,7 @@ class TextRollout:
 
 
 def sample_text(
-    model: Janus,
+    model: Janus | Decoder,
     input_ids: Array,
     prompt_mask: Array,
     pixel_values: Array | None,
@@ -90,6 +92,7 @@ def sample_text(
 ) -> TextRollout:
     """Samples ``settings.samples_per_prompt`` (K) completions per prompt row.
 
+    model: the policy, or a ``Decoder`` of it (default: ``Decoder(model)``, the train layout).
     input_ids: int32[B, S] left-padded prompts; prompt_mask: bool[B, S], False on padding.
     pixel_values: float[M, s, s, 3] in [-1, 1] (M images) or None; image_mask: bool[B, S] marking
       the M × ``num_image_tokens`` placeholder slots, filled in row-major order (None: the
@@ -98,52 +101,57 @@ def sample_text(
       ``fold_in(that, t)``, so the same key gives the same completions, and K samples of B
       prompts equal one sample of each prompt repeated K times.
     """
+    decoder = model if isinstance(model, Decoder) else Decoder(model)
     k = settings.samples_per_prompt
     batch = input_ids.shape[0] * k
     n = settings.max_new_tokens
     rule = settings.rule
     input_ids = constrain(input_ids, "batch", "length")
     prompt_mask = constrain(prompt_mask, "batch", "length")
-    embeds = model.embed(input_ids, pixel_values, image_mask)
-    layers = model.language_model.split_layers()
-    hidden, cache = cache_lib.prefill(
-        model, embeds, prompt_mask, input_ids.shape[1] + n - 1, layers, k
-    )
-    prompt_lengths = jnp.repeat(jnp.sum(prompt_mask, axis=-1, dtype=jnp.int32), k)
-    keys = sampling.row_keys(rng, batch)
-
-    def pick(hidden, step, done):
-        logits = model.text_logits(hidden)
-        token, log_prob = sampling.sample(logits, sampling.step_keys(keys, step), rule)
-        return jnp.where(done, settings.pad_id, token), jnp.where(done, 0.0, log_prob)
-
-    token, log_prob = pick(hidden, 0, jnp.zeros((batch,), bool))
-    tokens = jnp.full((batch, n), settings.pad_id, jnp.int32).at[:, 0].set(token)
-    log_probs = jnp.zeros((batch, n), jnp.float32).at[:, 0].set(log_prob)
-    state = (
-        jnp.ones((), jnp.int32),
-        constrain(tokens, "batch", None),
-        log_probs,
-        token == settings.eos_id,
-        cache,
-    )
-
-    def cond(state):
-        step, _, _, done, _ = state
-        return (step < n) & ~jnp.all(done)
-
-    def body(state):
-        step, tokens, log_probs, done, cache = state
-        previous = jax.lax.dynamic_index_in_dim(tokens, step - 1, axis=1, keepdims=False)
-        hidden, cache = cache_lib.decode_step(
-            model, model.embed(previous), prompt_lengths + step - 1, cache, layers
+    embeds = decoder.source.embed(input_ids, pixel_values, image_mask)  # the vision tower as is
+    with decoder.activations():
+        model = decoder.model
+        hidden, cache = cache_lib.prefill(
+            model, embeds, prompt_mask, input_ids.shape[1] + n - 1, decoder.layers, k
         )
-        token, log_prob = pick(hidden, step, done)
-        tokens = jax.lax.dynamic_update_index_in_dim(tokens, token, step, axis=1)
-        log_probs = jax.lax.dynamic_update_index_in_dim(log_probs, log_prob, step, axis=1)
-        return step + 1, tokens, log_probs, done | (token == settings.eos_id), cache
+        prompt_lengths = jnp.repeat(jnp.sum(prompt_mask, axis=-1, dtype=jnp.int32), k)
+        keys = sampling.row_keys(rng, batch)
 
-    _, tokens, log_probs, _, _ = jax.lax.while_loop(cond, body, state)
+        def pick(hidden, step, done):
+            # Whole rows of logits: the softmax sums over the vocabulary on one device.
+            logits = constrain(model.text_logits(hidden), "batch", None)
+            token, log_prob = sampling.sample(logits, sampling.step_keys(keys, step), rule)
+            return jnp.where(done, settings.pad_id, token), jnp.where(done, 0.0, log_prob)
+
+        token, log_prob = pick(hidden, 0, jnp.zeros((batch,), bool))
+        tokens = jnp.full((batch, n), settings.pad_id, jnp.int32).at[:, 0].set(token)
+        log_probs = jnp.zeros((batch, n), jnp.float32).at[:, 0].set(log_prob)
+        state = (
+            jnp.ones((), jnp.int32),
+            constrain(tokens, "batch", None),
+            log_probs,
+            token == settings.eos_id,
+            cache,
+        )
+
+        def cond(state):
+            step, _, _, done, _ = state
+            return (step < n) & ~jnp.all(done)
+
+        def body(state):
+            step, tokens, log_probs, done, cache = state
+            previous = jax.lax.dynamic_index_in_dim(tokens, step - 1, axis=1, keepdims=False)
+            hidden, cache = cache_lib.decode_step(
+                model, model.embed(previous), prompt_lengths + step - 1, cache, decoder.layers
+            )
+            token, log_prob = pick(hidden, step, done)
+            tokens = jax.lax.dynamic_update_index_in_dim(tokens, token, step, axis=1)
+            log_probs = jax.lax.dynamic_update_index_in_dim(log_probs, log_prob, step, axis=1)
+            return step + 1, tokens, log_probs, done | (token == settings.eos_id), cache
+
+        with jax.named_scope("answer_decode"):
+            _, tokens, log_probs, _, _ = jax.lax.while_loop(cond, body, state)
+        tokens, log_probs = constrain(tokens, "batch", None), constrain(log_probs, "batch", None)
     mask = completion_mask(tokens, settings.eos_id)
     return TextRollout(
         tokens=tokens,
