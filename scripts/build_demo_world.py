@@ -9,8 +9,10 @@ Three stages, each reading the previous one's output (build the pairs first:
    the demo pairs, each image both as drawn and as the VQ reconstructs it
    (``pairuni_jax.demo.clip_contrastive``) -> ``OUT/demo_reward`` (a reward directory with its
    CLIP tokenizer, restricted to the demo words).
-3. ``policy``: a random tiny Janus holding the trained VQ, warm-started by ``pairuni sft`` on the
-   demo pairs for a short while, so that RL has room -> ``OUT/demo_policy`` (a model dir).
+3. ``policy``: a random tiny Janus holding the trained VQ, its vision tower pretrained on the
+   demo images' attributes (``pairuni_jax.demo.vision_pretrain``), then warm-started by
+   ``pairuni sft`` with that tower frozen: on the generation images alone, then on answers and
+   images for a short while, so that RL has room -> ``OUT/demo_policy`` (a model dir).
 
 ``report`` prints how well the shipped policy does before RL: sampled answer accuracy and the
 mean HPS of its guided images, on every pair.
@@ -36,6 +38,7 @@ from pathlib import Path
 import jax
 import jax.numpy as jnp
 import numpy as np
+from build_demo_data import ATTRIBUTES, COUNT_WORDS, SHAPES  # scripts/, the scenes' vocabulary
 from flax import nnx
 
 from pairuni_jax.checkpoint import convert as janus_convert
@@ -44,6 +47,7 @@ from pairuni_jax.checkpoint.hpsv2 import REWARD_KIND, save_clip_tokenizer
 from pairuni_jax.data import images as image_lib
 from pairuni_jax.data.pipeline import DEMO_PAIRS, TINY_TOKENIZER
 from pairuni_jax.demo.clip_contrastive import CLIPTrainConfig, train_clip
+from pairuni_jax.demo.vision_pretrain import VisionTrainConfig, pretrain_vision
 from pairuni_jax.demo.vq_autoencoder import VQTrainConfig, train_vq
 from pairuni_jax.models.clip import CLIPConfig, TextConfig, VisionConfig
 from pairuni_jax.models.janus import Janus, JanusConfig
@@ -58,6 +62,7 @@ from pairuni_jax.run_config import ASSETS, ModelSection
 from pairuni_jax.sft import SFTConfig, SFTRunConfig, run_sft
 
 ROOT = Path(__file__).resolve().parents[1]
+COUNT_WORDS_INV = {word: n for n, word in COUNT_WORDS.items()}
 IMAGE_SIZE = 16  # the VQ's (generated) images and the reward CLIP's input
 VQ = VQConfig(
     num_embeddings=128,
@@ -78,9 +83,10 @@ POLICY = JanusConfig(
     image_token_id=3,  # `<image_placeholder>` in the bundled tiny tokenizer
 )
 POLICY_INIT_SEED = 0
-SFT_STEPS = 300
+VISION_TRAIN = VisionTrainConfig(steps=400, batch_size=64, seed=0)
+SFT_STEPS = (300, 150)  # images alone, then answers and images
 SFT_PAIRS = 16
-SFT_LEARNING_RATE = 1e-3  # constant: a longer run passes through the same models
+SFT_LEARNING_RATE = 2e-3  # constant: a longer run passes through the same models
 
 
 def demo_annotations(pairs: Path = DEMO_PAIRS) -> list[tuple[Path, str]]:
@@ -184,22 +190,52 @@ def build_reward(work: Path, out: Path) -> None:
 # -- 3. the warm-started policy ------------------------------------------------------------------
 
 
-def build_policy(work: Path, out: Path, steps: int = SFT_STEPS) -> None:
+def scene_attributes(caption: str) -> list[int]:
+    """The value index of each of ``ATTRIBUTES`` (colour, shape, count, background) that a demo
+    caption names."""
+    words = caption.lower().split()
+    singular = [w.removesuffix("s") if w.removesuffix("s") in SHAPES else w for w in words]
+    count = next((COUNT_WORDS_INV[w] for w in words if w in COUNT_WORDS_INV), 1)
+    values = {"shape": next(w for w in singular if w in SHAPES), "count": count}
+    for name in ("colour", "background"):
+        values[name] = next(w for w in words if w in ATTRIBUTES[name])
+    return [ATTRIBUTES[name].index(values[name]) for name in ATTRIBUTES]
+
+
+def build_policy(work: Path, out: Path, steps: tuple[int, int] = SFT_STEPS) -> None:
+    """A random tiny Janus with the trained VQ and a vision tower pretrained on the demo
+    images' attributes, then ``pairuni sft`` with the tower frozen: ``steps[0]`` updates on the
+    images alone, then ``steps[1]`` on answers and images, stopped while answers are still
+    often wrong."""
     policy = random_module(lambda: Janus(POLICY, rngs=nnx.Rngs(0)), POLICY_INIT_SEED)
     nnx.update(policy.vqmodel, nnx.state(load_vq(work)))
-    initial = work / "policy_init"
-    janus_convert.save_model(policy, initial, tokenizer_dir=TINY_TOKENIZER, overwrite=True)
-    config = SFTRunConfig(
-        out=str(out / "demo_policy"),
-        steps=steps,
-        log_every=25,
-        model=ModelSection(path=str(initial)),
-        data=dataclasses.replace(SFTRunConfig().data, pairs_per_host=SFT_PAIRS),
-        sft=SFTConfig(uncond_fraction=0.1),
-        optimizer=OptimizerConfig(learning_rate=SFT_LEARNING_RATE, total_steps=steps),
-    )
-    for row in run_sft(config, overwrite=True):
-        print(json.dumps(row), file=sys.stderr, flush=True)
+    paths, captions = zip(*demo_annotations())
+    pixels = np.stack([image_lib.load_and_preprocess(p, POLICY.vision.image_size) for p in paths])
+    labels = np.array([scene_attributes(c) for c in captions])
+    sizes = tuple(len(values) for values in ATTRIBUTES.values())
+    accuracy = pretrain_vision(policy.vision_model, pixels, labels, sizes, VISION_TRAIN)
+    print(f"vision tower, last batch accuracy per attribute: {accuracy.round(3)}", file=sys.stderr)
+    model_path = work / "policy_init"
+    janus_convert.save_model(policy, model_path, tokenizer_dir=TINY_TOKENIZER, overwrite=True)
+    phases = (("policy_images", steps[0], 0.0), ("demo_policy", steps[1], 1.0))
+    for name, phase_steps, understanding_weight in phases:
+        dst = work / name if name != "demo_policy" else out / name
+        config = SFTRunConfig(
+            out=str(dst),
+            steps=phase_steps,
+            log_every=25,
+            model=ModelSection(path=str(model_path)),
+            data=dataclasses.replace(SFTRunConfig().data, pairs_per_host=SFT_PAIRS),
+            sft=SFTConfig(
+                uncond_fraction=0.1,
+                understanding_weight=understanding_weight,
+                frozen_modules=("vqmodel", "vision_model"),
+            ),
+            optimizer=OptimizerConfig(learning_rate=SFT_LEARNING_RATE, total_steps=phase_steps),
+        )
+        for row in run_sft(config, overwrite=True):
+            print(json.dumps(row), file=sys.stderr, flush=True)
+        model_path = dst
 
 
 def report(work: Path, out: Path, steps: int = 16) -> None:
@@ -235,7 +271,13 @@ def main() -> None:
     parser.add_argument("--stage", choices=["all", *STAGES, "report"], default="all")
     parser.add_argument("--work", type=Path, default=ROOT / "build" / "demo_world")
     parser.add_argument("--out", type=Path, default=ASSETS)
-    parser.add_argument("--sft-steps", type=int, default=SFT_STEPS, help="supervised steps")
+    parser.add_argument(
+        "--sft-steps",
+        type=int,
+        nargs=2,
+        default=SFT_STEPS,
+        help="supervised steps on images alone, then on answers and images",
+    )
     args = parser.parse_args()
     args.work.mkdir(parents=True, exist_ok=True)
     if args.stage in ("all", "vq"):
@@ -243,7 +285,7 @@ def main() -> None:
     if args.stage in ("all", "reward"):
         build_reward(args.work, args.out)
     if args.stage in ("all", "policy"):
-        build_policy(args.work, args.out, args.sft_steps)
+        build_policy(args.work, args.out, tuple(args.sft_steps))
     if args.stage in ("all", "report"):
         report(args.work, args.out)
 
