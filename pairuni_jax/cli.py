@@ -14,6 +14,7 @@ from collections.abc import Sequence
 
 COMMAND_MODULES = (
     "pairuni_jax.commands.train",
+    "pairuni_jax.commands.sft",
     "pairuni_jax.commands.convert",
     "pairuni_jax.commands.generate",
     "pairuni_jax.commands.answer",
@@ -29,7 +30,7 @@ def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="pairuni",
         description=(
-            "Pair-GRPO training of Janus-Pro in JAX: train, convert, generate, answer, data, "
+            "Pair-GRPO training of Janus-Pro in JAX: train, sft, convert, generate, answer, data, "
             "plan, export, verify, eval."
         ),
     )

@@ -1,9 +1,10 @@
 """The ``pairuni train`` run config: every section a typed, frozen dataclass.
 
-The defaults are the embedded CPU demo (``configs/tiny.yaml`` spells them out): a tiny random
-Janus and a tiny random HPS model, the bundled tokenizers and the bundled synthetic pairs. A YAML
-file and ``key.sub=value`` overrides replace any field; ``load_run_config`` validates the result
-and names the offending field on error.
+The defaults are the embedded CPU demo (``configs/tiny.yaml`` spells them out): the demo world's
+warm-started tiny Janus and tiny HPS model (``assets/demo_policy``, ``assets/demo_reward``, built
+by ``scripts/build_demo_world.py``) on the bundled synthetic pairs. A YAML file and
+``key.sub=value`` overrides replace any field; ``load_run_config`` validates the result and names
+the offending field on error.
 """
 
 from __future__ import annotations
@@ -28,13 +29,16 @@ from pairuni_jax.rl.train_step import GRPOConfig, RolloutConfig
 from pairuni_jax.sharding import MeshConfig
 
 ASSETS = Path(__file__).parent / "assets"
+DEMO_POLICY = ASSETS / "demo_policy"
+DEMO_REWARD = ASSETS / "demo_reward"
 
 
 @dataclasses.dataclass(frozen=True)
 class ModelSection:
     """The policy: an Orbax model directory, a Hugging Face checkpoint directory (converted on the
-    fly), or, with ``path: null``, a random model of ``preset`` (the demo). With ``lora`` set,
-    only low-rank adapters on ``lora.targets`` are trained (``models/lora.py``)."""
+    fly), or, with ``path: null``, a random model of ``preset`` (for tests). The demo's default is
+    the shipped ``assets/demo_policy``. With ``lora`` set, only low-rank adapters on
+    ``lora.targets`` are trained (``models/lora.py``)."""
 
     path: str | None = None
     preset: str = "tiny"
@@ -49,8 +53,9 @@ class ModelSection:
 
 @dataclasses.dataclass(frozen=True)
 class RewardSection:
-    """The HPS reward model (an Orbax reward directory from ``pairuni convert hpsv2``, or a random
-    tiny CLIP with ``path: null``) and the reward weights of each side."""
+    """The HPS reward model (an Orbax reward directory from ``pairuni convert hpsv2``, the demo's
+    ``assets/demo_reward`` by default, or a random tiny CLIP with ``path: null``) and the reward
+    weights of each side."""
 
     path: str | None = None
     init_seed: int = 1
@@ -113,8 +118,12 @@ class RunConfig:
     distributed: bool | None = None  # None: initialise jax.distributed when launched multi-host
     nan_policy: NanPolicy = NanPolicy.STOP  # a non-finite loss, gradient norm or param
     cluster: ClusterConfig = dataclasses.field(default_factory=ClusterConfig)  # explicit hosts
-    model: ModelSection = dataclasses.field(default_factory=ModelSection)
-    reward: RewardSection = dataclasses.field(default_factory=RewardSection)
+    model: ModelSection = dataclasses.field(
+        default_factory=lambda: ModelSection(path=str(DEMO_POLICY))
+    )
+    reward: RewardSection = dataclasses.field(
+        default_factory=lambda: RewardSection(path=str(DEMO_REWARD))
+    )
     data: DataConfig = dataclasses.field(default_factory=demo_data)
     grpo: GRPOConfig = dataclasses.field(
         default_factory=lambda: GRPOConfig(
@@ -134,13 +143,16 @@ class RunConfig:
             raise ValueError(f"steps must be >= 1, got {self.steps}")
 
 
-def load_run_config(paths: Sequence[str | Path] = (), overrides: Sequence[str] = ()) -> RunConfig:
+def load_run_config(
+    paths: Sequence[str | Path] = (), overrides: Sequence[str] = (), schema: type = RunConfig
+) -> Any:
     """Defaults, then each YAML file in order (e.g. a model config, then a mesh preset), then
-    the ``key.sub=value`` overrides; validated."""
-    data: dict[str, Any] = config_lib.to_dict(RunConfig())
+    the ``key.sub=value`` overrides; validated. ``schema``: the config dataclass (``RunConfig``;
+    ``sft.SFTRunConfig`` for ``pairuni sft``)."""
+    data: dict[str, Any] = config_lib.to_dict(schema())
     for path in paths:
         data = _merge(data, config_lib.load_yaml(path))
-    return config_lib.build(RunConfig, config_lib.apply_overrides(data, overrides))
+    return config_lib.build(schema, config_lib.apply_overrides(data, overrides))
 
 
 def _merge(base: Any, update: Any) -> Any:

@@ -462,7 +462,9 @@ class Trainer:
                         bar.set_postfix_str(format_line(step, values, keys=LINE_KEYS))
                         if nonfinite:
                             self._on_nonfinite(step, nonfinite, values)
-                    if config.logging.samples_every and step % config.logging.samples_every == 0:
+                    if config.logging.samples_every and (
+                        step == 1 or step % config.logging.samples_every == 0
+                    ):  # the first grid shows where the run starts
                         self._write_samples(step, batch, samples, writer)
                     if run.evaluator is not None and run.evaluator.due(step):
                         writer.write(step, run.evaluator(state))

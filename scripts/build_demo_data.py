@@ -2,10 +2,10 @@
 
 Each scene is 1-3 identical shapes of one colour on a plain background, drawn as a 64x64 PNG. A
 caption describes it (the generation prompt); multiple-choice questions ask for its colour, shape
-or count. Half of the pairs are aligned (one scene on both sides, similarity 1.0), half retrieved
+or count, with every possible value as an option in a fixed order. Half of the pairs are aligned (one scene on both sides, similarity 1.0), half retrieved
 (two different scenes, similarity from the attributes they share, in [0.3, 0.9]).
 
-    python scripts/build_demo_data.py [--out DIR] [--pairs 64] [--seed 0]
+    python scripts/build_demo_data.py [--out DIR] [--pairs 512] [--seed 0]
 """
 
 from __future__ import annotations
@@ -44,7 +44,8 @@ class Scene:
 
     def caption(self, style: int) -> str:
         noun = self.shape if self.count == 1 else SHAPES[self.shape]
-        things = f"{'a' if self.count == 1 else COUNT_WORDS[self.count]} {self.colour} {noun}"
+        article = "an" if self.colour[0] in "aeiou" else "a"
+        things = f"{article if self.count == 1 else COUNT_WORDS[self.count]} {self.colour} {noun}"
         templates = (
             "{} on a {} background",
             "a picture of {} on a plain {} background",
@@ -80,15 +81,20 @@ def perturb(scene: Scene, num_changes: int, rng: np.random.Generator) -> Scene:
 
 
 def draw(scene: Scene, rng: np.random.Generator) -> Image.Image:
-    """The scene as a 64x64 RGB image: shapes in distinct cells of a 2x2 grid, jittered."""
+    """The scene as a 64x64 RGB image: shapes centred in distinct cells of a 2x2 grid.
+
+    Sizes and offsets jitter by a few pixels only, so that at the model's 32 px each shape's
+    quarters fall into the four 8 px squares a VQ token covers: a tiny codebook can then spell
+    every scene, and a tiny policy can learn to draw one token by token.
+    """
     image = Image.new("RGB", (IMAGE_SIZE, IMAGE_SIZE), BACKGROUNDS[scene.background])
     canvas = ImageDraw.Draw(image)
     cell = IMAGE_SIZE // 2
-    for slot in rng.permutation(4)[: scene.count]:
-        size = int(rng.integers(14, 22))
-        x0 = (slot % 2) * cell + int(rng.integers(2, cell - size - 1))
-        y0 = (slot // 2) * cell + int(rng.integers(2, cell - size - 1))
-        box = (x0, y0, x0 + size, y0 + size)
+    for slot in sorted(rng.permutation(4)[: scene.count]):
+        size = int(rng.integers(20, 25))
+        x0 = (slot % 2) * cell + (cell - size) // 2 + int(rng.integers(-1, 2))
+        y0 = (slot // 2) * cell + (cell - size) // 2 + int(rng.integers(-1, 2))
+        box = (x0, y0, x0 + size - 1, y0 + size - 1)
         fill = COLOURS[scene.colour]
         if scene.shape == "circle":
             canvas.ellipse(box, fill=fill)
@@ -101,27 +107,27 @@ def draw(scene: Scene, rng: np.random.Generator) -> Image.Image:
     return image
 
 
-def question(scene: Scene, kind: str, rng: np.random.Generator) -> tuple[str, str]:
-    """A multiple-choice question about ``kind`` and its answer letter; 3 or 4 options."""
+def question(scene: Scene, kind: str) -> tuple[str, str]:
+    """A multiple-choice question about ``kind`` and its answer letter.
+
+    The options are every value of the attribute in one fixed order, so that the answer depends
+    on the image alone: a tiny model learns to see the answer long before it could learn to
+    read shuffled options."""
     if kind == "colour":
-        stem, truth, pool = "What colour are the shapes in the image?", scene.colour, list(COLOURS)
+        stem, truth, options = "What colour are the shapes in the image?", scene.colour, COLOURS
     elif kind == "shape":
-        stem, truth, pool = "Which shape is drawn in the image?", scene.shape, list(SHAPES)
+        stem, truth, options = "Which shape is drawn in the image?", scene.shape, SHAPES
     else:
-        stem, truth = "How many shapes are in the image?", str(scene.count)
-        pool = ["1", "2", "3", "4"]
-    num_options = min(len(pool), int(rng.integers(3, 5)))
-    distractors = [option for option in pool if option != truth]
-    options = [truth] + list(rng.choice(distractors, size=num_options - 1, replace=False))
-    options = [options[i] for i in rng.permutation(num_options)]
-    letters = [chr(ord("A") + i) for i in range(num_options)]
+        stem, truth, options = "How many shapes are in the image?", str(scene.count), "1234"
+    options = list(options)
+    letters = [chr(ord("A") + i) for i in range(len(options))]
     lines = [f"{letter}. {option}" for letter, option in zip(letters, options, strict=True)]
     text = stem + "\n" + "\n".join(lines) + "\n\n" + INSTRUCTION
     return text, letters[options.index(truth)]
 
 
 def annotation(scene: Scene, path: str, kind: str, tag: str, rng: np.random.Generator) -> dict:
-    text, answer = question(scene, kind, rng)
+    text, answer = question(scene, kind)
     prompt = scene.caption(int(rng.integers(0, 3)))
     return {"image_path": path, "prompt": prompt, "question": text, "answer": answer, "tag": tag}
 
@@ -177,7 +183,7 @@ def build(out: Path, num_pairs: int, seed: int) -> None:
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--out", type=Path, default=DEFAULT_OUT)
-    parser.add_argument("--pairs", type=int, default=64)
+    parser.add_argument("--pairs", type=int, default=512)
     parser.add_argument("--seed", type=int, default=0)
     args = parser.parse_args()
     build(args.out, args.pairs, args.seed)

@@ -88,7 +88,7 @@ def test_batch_contract(demo, clip):
 
 def test_demo_report(demo):
     report = demo.report
-    assert (report.records, report.valid, report.aligned, report.retrieved) == (64, 64, 32, 32)
+    assert (report.records, report.valid, report.aligned, report.retrieved) == (512, 512, 256, 256)
     assert report.ok
 
 
@@ -111,11 +111,11 @@ def test_hosts_read_their_rows_of_one_global_order(demo, clip):
     one_host = pipeline.PairPipeline(config, pipeline.TINY_TOKENIZER, clip)
     whole = [b["record_index"] for b in one_host.iterator(_host(0, 1, 2 * P))]
     hosts = [[b["record_index"] for b in demo.iterator(_host(h, 2))] for h in range(2)]
-    assert len(whole) == len(hosts[0]) == len(hosts[1]) == 8
+    assert len(whole) == len(hosts[0]) == len(hosts[1]) == 64
     for s, batch in enumerate(whole):
         np.testing.assert_array_equal(np.concatenate([hosts[0][s], hosts[1][s]]), batch)
     # Each pair is read by exactly one host in the epoch.
-    assert sorted(np.concatenate(hosts[0] + hosts[1]).tolist()) == list(range(64))
+    assert sorted(np.concatenate(hosts[0] + hosts[1]).tolist()) == list(range(512))
     # Rows need not be a block (a mesh may interleave the hosts' devices along the batch).
     rows = (1, 2, 5, 6)
     picked = [b["record_index"] for b in demo.iterator(pipeline.HostSlice(2 * P, rows))]
@@ -135,12 +135,12 @@ def test_host_slice_validation(demo):
 def test_epochs_reshuffle_and_unequal_sets_stay_in_step(clip):
     config = pipeline.DataConfig.demo(pairs_per_host=3, num_epochs=2, read_threads=1)
     pipe = pipeline.PairPipeline(config, pipeline.TINY_TOKENIZER, clip)
-    # 128 records over 2 hosts x 3 pairs: 21 global batches each host, 2 records dropped.
+    # 1024 records over 2 hosts x 3 pairs: 170 global batches each host, 4 records dropped.
     orders = [_record_order(pipe, _host(i, 2, 3)) for i in range(2)]
-    assert len(orders[0]) == len(orders[1]) == 63
+    assert len(orders[0]) == len(orders[1]) == 510
     full = _record_order(pipe)
-    assert len(full) == 126
-    assert full[:64] != full[64:126] and sorted(full[:64]) == list(range(64))
+    assert len(full) == 1023
+    assert full[:512] != full[512:1023] and sorted(full[:512]) == list(range(512))
 
 
 def test_resume_from_iterator_state(demo, clip):
@@ -176,6 +176,7 @@ def _write_pairs(tmp_path, questions):
     for question in questions:
         rec = json.loads(pipeline.DEMO_PAIRS.read_text().splitlines()[0])
         rec["understand_ann"]["question"] = question
+        rec["understand_ann"]["answer"] = "A"  # the questions here offer A and B
         lines.append(json.dumps(rec))
     path = tmp_path / "pairs.jsonl"
     path.write_text("\n".join(lines) + "\n")

@@ -311,3 +311,33 @@ def load_model(
         )
     )
     return model_dir.restore_module(directory, abstract, mesh)
+
+
+def save_model(
+    model: Janus,
+    dst: str | Path,
+    *,
+    tokenizer_dir: str | Path | None = None,
+    source: str = "pairuni",
+    overwrite: bool = False,
+) -> Path:
+    """Writes ``model`` as a model directory that ``load_model`` restores (params in their
+    stored dtype, ``config.json``, and the tokenizer files found in ``tokenizer_dir``)."""
+    destinations.check(dst, overwrite=overwrite)
+    params = jax.tree.map(np.asarray, nnx.to_pure_dict(nnx.state(model)))
+    dtypes = sorted({np.dtype(x.dtype).name for x in jax.tree.leaves(params)})
+    if len(dtypes) != 1:
+        raise ValueError(f"save_model: params must share one dtype, got {dtypes}")
+    meta = {
+        "kind": KIND,
+        "janus": model.config.to_dict(),
+        "dtype": dtypes[0],
+        "source": source,
+        "source_format": "pairuni",
+    }
+    with model_dir.atomic_directory(dst, overwrite=overwrite, command=source) as tmp:
+        save_host_params(tmp, params)
+        (tmp / model_dir.CONFIG_FILE).write_text(json.dumps(meta, indent=2, sort_keys=True) + "\n")
+        for file in side_files(Path(tokenizer_dir)) if tokenizer_dir is not None else ():
+            shutil.copy2(file, tmp / file.name)
+    return Path(dst)

@@ -30,7 +30,7 @@ import pickle
 import re
 import tempfile
 import zipfile
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -376,25 +376,67 @@ def bytes_to_unicode() -> dict[int, str]:
 
 
 def clip_bpe_vocab(
-    bpe_path: str | Path | None = None,
+    bpe_path: str | Path | None = None, words: Sequence[str] | None = None
 ) -> tuple[dict[str, int], list[tuple[str, str]]]:
-    """The 49408-token CLIP vocabulary and its merges, in open_clip's id order."""
+    """The 49408-token CLIP vocabulary and its merges, in open_clip's id order.
+
+    words: keep only the merges BPE applies to these (lower-case) words, in their original
+      order, for a text tower small enough to train from scratch (the demo reward). Those words
+      tokenize to the same pieces as with the full vocabulary; other text falls back to shorter
+      pieces, down to single bytes. The vocabulary is the 512 byte symbols, the kept merges,
+      then SOT and EOT (EOT stays the largest id, as end-token pooling needs).
+    """
     path = Path(bpe_path) if bpe_path is not None else default_bpe_path()
     lines = gzip.open(path, "rt", encoding="utf-8").read().split("\n")
     merges = [tuple(line.split()) for line in lines[1 : NUM_MERGES + 1]]
     if len(merges) != NUM_MERGES or any(len(m) != 2 for m in merges):
         raise ValueError(f"{path}: expected {NUM_MERGES} merges of two symbols after the header")
+    if words is not None:
+        used = set()
+        ranks = {merge: rank for rank, merge in enumerate(merges)}
+        for word in words:
+            used.update(_merges_applied(word, ranks))
+        merges = [m for m in merges if m in used]
     alphabet = list(bytes_to_unicode().values())
     tokens = [*alphabet, *(a + "</w>" for a in alphabet), *("".join(m) for m in merges), SOT, EOT]
     return {token: i for i, token in enumerate(tokens)}, merges
 
 
+def _merges_applied(word: str, ranks: Mapping[tuple[str, str], int]) -> list[tuple[str, str]]:
+    """The merges byte-level BPE applies, lowest rank first, to turn ``word`` into its pieces."""
+    table = bytes_to_unicode()
+    symbols = [table[b] for b in word.encode("utf-8")]
+    symbols[-1] += "</w>"
+    applied = []
+    while len(symbols) > 1:
+        pairs = [(symbols[i], symbols[i + 1]) for i in range(len(symbols) - 1)]
+        best = min(pairs, key=lambda pair: ranks.get(pair, len(ranks)))
+        if best not in ranks:
+            break
+        applied.append(best)
+        merged, i = [], 0
+        while i < len(symbols):
+            if i + 1 < len(symbols) and (symbols[i], symbols[i + 1]) == best:
+                merged.append(symbols[i] + symbols[i + 1])
+                i += 2
+            else:
+                merged.append(symbols[i])
+                i += 1
+        symbols = merged
+    return applied
+
+
 def save_clip_tokenizer(
-    directory: str | Path, context_length: int = 77, bpe_path: str | Path | None = None
+    directory: str | Path,
+    context_length: int = 77,
+    bpe_path: str | Path | None = None,
+    words: Sequence[str] | None = None,
 ) -> list[Path]:
-    """Writes the CLIP tokenizer in Hugging Face format into ``directory``; returns its files."""
+    """Writes the CLIP tokenizer in Hugging Face format into ``directory``; returns its files.
+
+    words: restrict the vocabulary to these words' merges (``clip_bpe_vocab``)."""
     from transformers import CLIPTokenizerFast
 
-    vocab, merges = clip_bpe_vocab(bpe_path)
+    vocab, merges = clip_bpe_vocab(bpe_path, words)
     tokenizer = CLIPTokenizerFast(vocab=vocab, merges=merges, model_max_length=context_length)
     return [Path(f) for f in tokenizer.save_pretrained(str(directory)) if Path(f).is_file()]

@@ -32,7 +32,10 @@ S = ``image_size``):
   left-padded; ``gen_attention_mask bool[P, Lg]``;
 - ``hps_input_ids int32[P, 77]``: the generation prompt in the HPS (CLIP) tokenizer;
 - ``similarity float32[P]``; ``pair_weight_aligned bool[P]`` (aligned pair: weight 1);
-- ``record_index int32[P]``: 0-based line number of the record in the JSONL (line - 1).
+- ``record_index int32[P]``: 0-based line number of the record in the JSONL (line - 1);
+- with ``generation_images``: ``gen_pixel_values float32[P, Sg, Sg, 3]``, the generation side's
+  image at ``generation_image_size`` Sg (the target a supervised warm start teaches,
+  ``pairuni sft``).
 
 The iterator is a ``grain.DatasetIterator``: ``get_state()`` returns a small JSON-able dict and
 ``set_state(state)`` on a fresh iterator of the same pipeline resumes with exactly the next batch.
@@ -78,6 +81,9 @@ class DataConfig:
       read_threads: threads per process that prepare batches.
       prefetch_batches: batches prepared ahead per process.
       system_prompt: the understanding system prompt.
+      generation_images: also load each generation side's image (``gen_pixel_values``).
+      generation_image_size: the side those images are loaded at (the VQ's image size, which
+        may differ from the understanding encoder's); None: ``image_size``.
     """
 
     path: str
@@ -94,6 +100,8 @@ class DataConfig:
     read_threads: int = 4
     prefetch_batches: int = 4
     system_prompt: str = prompts.SYSTEM_PROMPT
+    generation_images: bool = False
+    generation_image_size: int | None = None
 
     def __post_init__(self):
         positive = (
@@ -108,6 +116,10 @@ class DataConfig:
         for name in positive:
             if getattr(self, name) < 1:
                 raise ValueError(f"data.{name} must be >= 1, got {getattr(self, name)}")
+        if self.generation_image_size is not None and self.generation_image_size < 1:
+            raise ValueError(
+                f"data.generation_image_size must be >= 1 or None, got {self.generation_image_size}"
+            )
         if self.num_workers < 0:
             raise ValueError(f"data.num_workers must be >= 0, got {self.num_workers}")
         if self.num_epochs is not None and self.num_epochs < 1:
@@ -333,15 +345,7 @@ class PairEncoder(grain.transforms.Map):
             self._understanding_ids(record), cfg.max_und_len, ids.pad
         )
         gen_ids, gen_mask = prompts.left_pad(self._generation_ids(record), cfg.max_gen_len, ids.pad)
-        field, kind = "understand_ann.image_path", records.ErrorKind.UNREADABLE_IMAGE
-        pixels = skipping.located(
-            record,
-            field,
-            kind,
-            images.load_and_preprocess,
-            record.understand.image_path,
-            cfg.image_size,
-        )
+        pixels = self._pixels(record, "understand_ann", record.understand.image_path)
         hps = self._hps_ids(record)
         return {
             "und_input_ids": und_ids,
@@ -355,7 +359,26 @@ class PairEncoder(grain.transforms.Map):
             "similarity": np.float32(record.similarity),
             "pair_weight_aligned": np.bool_(record.aligned),
             "record_index": np.int32(record.line - 1),
-        }
+        } | (
+            {
+                "gen_pixel_values": self._pixels(
+                    record,
+                    "generate_ann",
+                    record.generate.image_path,
+                    cfg.generation_image_size or cfg.image_size,
+                )
+            }
+            if cfg.generation_images
+            else {}
+        )
+
+    def _pixels(
+        self, record: records.PairRecord, side: str, path: Path, size: int | None = None
+    ) -> np.ndarray:
+        """``side``'s image at ``size`` (default ``image_size``); unreadable: located DataError."""
+        field, kind = f"{side}.image_path", records.ErrorKind.UNREADABLE_IMAGE
+        load = images.load_and_preprocess
+        return skipping.located(record, field, kind, load, path, size or self.config.image_size)
 
 
 class PairPipeline:
