@@ -35,7 +35,7 @@ from pairuni_jax.data.pipeline import DataConfig, PairPipeline
 from pairuni_jax.data.prompts import SpecialIds, load_tokenizer
 from pairuni_jax.rl import optimizer as opt_lib
 from pairuni_jax.rl.policy import ImageLogprob, answer_logprobs, image_logprobs
-from pairuni_jax.rl.train_step import TrainState, split_policy
+from pairuni_jax.rl.train_step import TrainState, new_state
 from pairuni_jax.rollout.image import unconditional_prompt
 from pairuni_jax.run_config import ModelSection, demo_data
 from pairuni_jax.sharding import MeshConfig
@@ -175,20 +175,6 @@ class SFTStep:
         return state.replace(step=state.step + 1, params=params, opt_state=opt_state), metrics
 
 
-def init_sft_state(
-    model: nnx.Module, config: SFTConfig, optimizer: optax.GradientTransformation
-) -> tuple[nnx.GraphDef, TrainState]:
-    graphdef, params, frozen = split_policy(model, config.frozen_modules)
-    state = TrainState(
-        step=jnp.zeros((), jnp.int32),
-        params=params,
-        frozen=frozen,
-        opt_state=optimizer.init(params),
-        ref_params=None,
-    )
-    return graphdef, state
-
-
 # -- pairuni sft ---------------------------------------------------------------------------------
 
 
@@ -243,7 +229,7 @@ def run_sft(config: SFTRunConfig, overwrite: bool = False) -> list[dict[str, flo
     data_config = dataclasses.replace(config.data, generation_image_size=vq_size)
     pipeline = PairPipeline(data_config, tokenizer, _no_hps_tokens)
     optimizer = opt_lib.make_optimizer(config.optimizer)
-    graphdef, state = init_sft_state(policy, config.sft, optimizer)
+    graphdef, state = new_state(policy, config.sft.frozen_modules, optimizer)
     state = jax.device_put(state, sharding.tree_shardings(state, mesh))
     step_fn = SFTStep(
         graphdef,

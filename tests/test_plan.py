@@ -76,6 +76,47 @@ def test_plan_that_does_not_fit_exits_nonzero_with_advice(capsys):
     assert "model.param_dtype=bf16 (halves parameters and Adam moments): about" in err
 
 
+# libtpu's words when a step's temporaries alone exceed HBM (7B full fine-tuning on v4-8).
+TPU_REFUSAL = (
+    "RESOURCE_EXHAUSTED: Ran out of memory on HBM, the total memory required for HLO "
+    "temporaries (43.32G) exceeds available HBM (30.75G)."
+)
+
+
+def test_a_step_the_compiler_refuses_is_a_plan_that_does_not_fit(monkeypatch, tmp_path, capsys):
+    """The TPU compiler raises instead of compiling a step whose temporaries exceed HBM; the
+    plan says it does not fit, with what is known of its memory and what to try (exit 1)."""
+
+    def refuse(self, *args, **kwargs):
+        raise jax.errors.JaxRuntimeError(TPU_REFUSAL)
+
+    monkeypatch.setattr(jax.stages.Lowered, "compile", refuse)
+    out_json = tmp_path / "plan.json"
+    argv = ["--config", "configs/tiny.yaml", "--devices", "8", "--json", str(out_json), *TINY]
+    assert _cli(argv) == 1
+    out = capsys.readouterr().out
+    assert "the compiler refused the step" in out and "does not fit: at least" in out
+    assert "try model.lora.rank=16" in out and TPU_REFUSAL in out
+    saved = json.loads(out_json.read_text())
+    assert saved["fits"] is False and saved["compiler_refused"] == TPU_REFUSAL
+    memory = saved["memory_bytes"]
+    assert memory[report.TEMPORARIES] == round(43.32 * 2**30)
+    config = load_run_config(["configs/tiny.yaml"], TINY)
+    mesh = sharding.make_mesh(config.mesh, jax.devices()[:8])
+    run = plan.build_abstract_run(config, mesh)
+    with jax.set_mesh(mesh):
+        arguments = run.argument_bytes(run.lower())
+    assert memory["total_at_least"] == sum(arguments.values()) + round(43.32 * 2**30)
+    # Any other compiler failure is not a verdict on memory: it propagates.
+    monkeypatch.setattr(
+        jax.stages.Lowered,
+        "compile",
+        lambda self: (_ for _ in ()).throw(jax.errors.JaxRuntimeError("INTERNAL: boom")),
+    )
+    with pytest.raises(jax.errors.JaxRuntimeError, match="INTERNAL"):
+        _cli(["--config", "configs/tiny.yaml", "--devices", "8", *TINY])
+
+
 def test_bad_config_exits_2(capsys):
     # 4 pairs x 3 rollouts = 12 rows do not split over 8 batch shards.
     argv = ["--devices", "8", "mesh.fsdp=8", "grpo.rollout.num_und_rollouts=3"]

@@ -16,6 +16,7 @@ from pairuni_jax.data.prompts import load_tokenizer
 from pairuni_jax.models.janus import Janus, JanusConfig, positions_from_mask
 from pairuni_jax.models.random_init import random_module
 from pairuni_jax.rl import optimizer as opt_lib
+from pairuni_jax.rl.train_step import new_state
 from pairuni_jax.rollout.image import unconditional_prompt
 from pairuni_jax.run_config import demo_data, load_run_config
 from pairuni_jax.sft import (
@@ -23,7 +24,6 @@ from pairuni_jax.sft import (
     SFTRunConfig,
     SFTStep,
     answer_targets,
-    init_sft_state,
     run_sft,
 )
 
@@ -40,7 +40,7 @@ def setup():
     model = random_module(lambda: Janus(JanusConfig.tiny(), rngs=nnx.Rngs(0)), 3)
     optimizer = opt_lib.make_optimizer(opt_lib.OptimizerConfig(learning_rate=3e-3, clip_norm=1.0))
     config = SFTConfig(uncond_fraction=0.5)
-    graphdef, state = init_sft_state(model, config, optimizer)
+    graphdef, state = new_state(model, config.frozen_modules, optimizer)
     ids, mask = answer_targets(tokenizer, config.option_letters)
     step = SFTStep(graphdef, config, optimizer, ids, mask, tokenizer.pad_token_id)
     return tokenizer, jax.tree.map(jnp.asarray, batch), model, step, state

@@ -132,6 +132,12 @@ def run(args: argparse.Namespace) -> int:
     except ValueError as e:
         print(f"pairuni plan: error: {e}", file=sys.stderr)
         return 2
+    except plan.StepRefused as refused:  # an answer, not an error: it does not fit
+        print(plan.format_refusal(refused))
+        if args.json:
+            plan.write_json(refused, args.json)
+            print(f"plan written to {args.json}")
+        return 1
     print(plan.format_plan(result))
     if args.json:
         plan.write_json(result, args.json)

@@ -14,8 +14,15 @@ from pairuni_jax.plan.abstract_run import (
     reward_config,
 )
 from pairuni_jax.plan.hlo import ProgramCounts, count_program
-from pairuni_jax.plan.model import MeshMismatchError, Plan, make_plan
-from pairuni_jax.plan.report import advice, format_plan, plan_json, write_json
+from pairuni_jax.plan.model import MeshMismatchError, Plan, StepRefused, make_plan
+from pairuni_jax.plan.report import (
+    advice,
+    format_plan,
+    format_refusal,
+    plan_json,
+    refusal_json,
+    write_json,
+)
 from pairuni_jax.plan.slices import (
     TPU_TOPOLOGIES,
     LibtpuBusyError,
@@ -33,15 +40,18 @@ __all__ = [
     "Plan",
     "ProgramCounts",
     "Slice",
+    "StepRefused",
     "TPU_TOPOLOGIES",
     "UnknownTopologyError",
     "advice",
     "build_abstract_run",
     "count_program",
     "format_plan",
+    "format_refusal",
     "make_plan",
     "plan_json",
     "policy_config",
+    "refusal_json",
     "reward_config",
     "tpu_topology_devices",
     "write_json",

@@ -24,6 +24,7 @@ from __future__ import annotations
 
 import dataclasses
 import math
+import re
 import time
 from typing import Any
 
@@ -46,6 +47,39 @@ DECODE_SCOPES = {"answers": "answer_decode", "images": "image_decode"}
 
 class MeshMismatchError(ValueError):
     """A mesh whose axis sizes do not multiply to the target's device count."""
+
+
+# "... the total memory required for HLO temporaries (43.32G) exceeds available HBM (30.75G)."
+_REFUSED_TEMPORARIES = re.compile(r"HLO temporaries \(([\d.]+)([KMGT])\)")
+
+
+class StepRefused(Exception):
+    """The compiler refused the step for want of memory: the TPU compiler does when the
+    temporaries alone exceed HBM (XLA:CPU never does). Holds what is known of the footprint:
+    ``arguments`` (bytes per device by group, from the lowering) and ``temporaries`` (bytes per
+    device the compiler reported, XLA's binary units; None if its message names none)."""
+
+    def __init__(
+        self,
+        config: RunConfig,
+        target: str,
+        mesh_shape: dict,
+        arguments: dict,
+        hbm_bytes: int | None,
+        message: str,
+    ):
+        super().__init__(message)
+        self.config, self.target, self.mesh_shape = config, target, mesh_shape
+        self.arguments = arguments
+        self.hbm_bytes, self.message = hbm_bytes, message
+        found = _REFUSED_TEMPORARIES.search(message)
+        self.temporaries = (
+            round(float(found[1]) * 1024 ** (1 + "KMGT".index(found[2]))) if found else None
+        )
+
+    @property
+    def total_bytes_at_least(self) -> int:
+        return sum(self.arguments.values()) + (self.temporaries or 0)
 
 
 @dataclasses.dataclass(frozen=True)
@@ -224,7 +258,13 @@ def make_plan(
         start = time.perf_counter()
         lowered = run.lower()
         lowered_at = time.perf_counter()
-        compiled = lowered.compile()
+        try:
+            compiled = lowered.compile()
+        except jax.errors.JaxRuntimeError as e:
+            if not str(e).startswith("RESOURCE_EXHAUSTED"):
+                raise
+            arguments = run.argument_bytes(lowered)
+            raise StepRefused(config, target, dict(mesh.shape), arguments, hbm, str(e)) from e
         compiled_at = time.perf_counter()
     memory = compiled.memory_analysis()
     if memory is None:

@@ -8,8 +8,9 @@ from pathlib import Path
 from typing import Any
 
 from pairuni_jax.flops import GIB
-from pairuni_jax.plan.model import Plan
+from pairuni_jax.plan.model import Plan, StepRefused
 from pairuni_jax.rollout.layout import DecodeLayout
+from pairuni_jax.run_config import RunConfig
 
 TEMPORARIES = "temporaries (activations, KV caches, gradients)"
 
@@ -218,9 +219,8 @@ def fixes(plan: Plan) -> list[tuple[str, int]]:
     return out
 
 
-def advice(plan: Plan) -> str:
-    """Why the step does not fit, what would make it fit, and the settings that would help."""
-    c = plan.config
+def _knobs(c: RunConfig) -> dict[str, list[str]]:
+    """The settings that shrink each line of the memory table."""
     knobs = {
         "trainable parameters": ["mesh.fsdp (shard parameters over more devices)"],
         "frozen parameters": ["mesh.fsdp (shard the frozen towers over more devices)"],
@@ -241,6 +241,12 @@ def advice(plan: Plan) -> str:
         knobs[TEMPORARIES].insert(0, "model.remat=full (recompute activations in the backward)")
     if c.model.dtype != "bf16":
         knobs[TEMPORARIES].insert(0, "model.dtype=bf16 (bf16 KV cache and activations)")
+    return knobs
+
+
+def advice(plan: Plan) -> str:
+    """Why the step does not fit, what would make it fit, and the settings that would help."""
+    knobs = _knobs(plan.config)
     lines = [
         f"does not fit: {_size(plan.total_bytes).strip()} per device, "
         f"{_size(plan.hbm_bytes).strip()} available."
@@ -329,5 +335,48 @@ def plan_json(plan: Plan) -> dict[str, Any]:
     }
 
 
-def write_json(plan: Plan, path: str | Path) -> None:
-    Path(path).write_text(json.dumps(plan_json(plan), indent=1) + "\n")
+def write_json(plan: Plan | StepRefused, path: str | Path) -> None:
+    values = refusal_json(plan) if isinstance(plan, StepRefused) else plan_json(plan)
+    Path(path).write_text(json.dumps(values, indent=1) + "\n")
+
+
+def format_refusal(refused: StepRefused) -> str:
+    """The report of a step the compiler refused: what is known of its memory, the compiler's
+    words, and the settings that shrink the temporaries."""
+    hbm = refused.hbm_bytes
+    lines = [f"plan for {refused.target}, mesh {refused.mesh_shape}: the compiler refused the step"]
+    lines.append("memory per device (what is known):")
+    for name, size in refused.arguments.items():
+        lines.append(f"  {name:<56} {_size(size)}")
+    if refused.temporaries is not None:
+        lines.append(f"  {TEMPORARIES:<56} {_size(refused.temporaries)}  (the compiler's figure)")
+    total = refused.total_bytes_at_least
+    available = f", {_size(hbm).strip()} available" if hbm else ""
+    lines.append(f"does not fit: at least {_size(total).strip()} per device{available}.")
+    lines.append(f"compiler: {refused.message.strip()}")
+    lines.append(
+        "Settings that shrink the temporaries (each needs a new plan to tell by how much):"
+    )
+    knobs = _knobs(refused.config)[TEMPORARIES]
+    if refused.config.model.lora is None:
+        knobs.append(
+            "model.lora.rank=16 (LoRA: no full-size gradient, Adam moments only for adapters)"
+        )
+    lines.extend(f"  try {knob}" for knob in knobs)
+    return "\n".join(lines)
+
+
+def refusal_json(refused: StepRefused) -> dict[str, Any]:
+    """A refused step as plain JSON values (bytes per device)."""
+    return {
+        "target": refused.target,
+        "mesh": refused.mesh_shape,
+        "hbm_bytes": refused.hbm_bytes,
+        "fits": False,
+        "compiler_refused": refused.message.strip(),
+        "memory_bytes": {
+            **refused.arguments,
+            TEMPORARIES: refused.temporaries,
+            "total_at_least": refused.total_bytes_at_least,
+        },
+    }

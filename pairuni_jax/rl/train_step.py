@@ -174,8 +174,20 @@ def split_policy(
 def init_train_state(
     model: Janus, config: GRPOConfig, optimizer: optax.GradientTransformation
 ) -> tuple[nnx.GraphDef, TrainState]:
-    graphdef, params, frozen = split_policy(model, config.frozen_modules)
-    ref = jax.tree.map(jnp.copy, params) if config.loss.kl_beta > 0 else None
+    """The Pair-GRPO state: ``config.frozen_modules`` frozen, a reference copy when β > 0."""
+    return new_state(model, config.frozen_modules, optimizer, config.loss.kl_beta > 0)
+
+
+def new_state(
+    model: Janus,
+    frozen_modules: tuple[str, ...],
+    optimizer: optax.GradientTransformation,
+    reference: bool = False,
+) -> tuple[nnx.GraphDef, TrainState]:
+    """(graphdef, step-0 state) training all of ``model`` but ``frozen_modules``; ``reference``:
+    keep a copy of the initial trainable params (the KL anchor)."""
+    graphdef, params, frozen = split_policy(model, frozen_modules)
+    ref = jax.tree.map(jnp.copy, params) if reference else None
     state = TrainState(
         step=jnp.zeros((), jnp.int32),
         params=params,
