@@ -30,7 +30,11 @@ def load(name):
 
 
 def gib(d):
-    return d["memory_bytes"]["total"] / GIB
+    """Total GiB per device; "≥ X" when the compiler refused the step (X: what it reported)."""
+    memory = d["memory_bytes"]
+    if "compiler_refused" in d:
+        return f"≥ {memory['total_at_least'] / GIB:.2f}"
+    return f"{memory['total'] / GIB:.2f}"
 
 
 def step(d):
@@ -53,9 +57,12 @@ for model in ("7b", "1b"):
             )
             continue
         m = d["mesh"]
+        refused = "compiler_refused" in d  # no pairs or layout recorded: the compile stopped
+        pairs = "–" if refused else d["global_pairs"]
+        layout = "(refused by the compiler)" if refused else d["decode_layout"]
         print(
-            f"| {model.upper()} | {sl} | {m['data']},{m['fsdp']},{m['tensor']} | {d['global_pairs']} | {d['decode_layout']} | "
-            f"{gib(d):.2f} / {d['hbm_bytes'] / GIB:.0f} | {CPU.get((model, sl), '–')} | {'yes' if d['fits'] else 'no'} | {step(d)} |"
+            f"| {model.upper()} | {sl} | {m['data']},{m['fsdp']},{m['tensor']} | {pairs} | {layout} | "
+            f"{gib(d)} / {d['hbm_bytes'] / GIB:.0f} | {CPU.get((model, sl), '–')} | {'yes' if d['fits'] else 'no'} | {step(d)} |"
         )
 print()
 print(
@@ -72,7 +79,7 @@ for sl in ("v5p-8", "v5e-64"):
         r = d["step_seconds"]["rollout"]["total"] if d["step_seconds"] else float("nan")
         print(
             f"| {sl} | {d['decode_layout']} | {t['answers'] / GIB:.2f} / {t['images'] / GIB:.2f} GiB | {c['answers']:.0f} / {c['images']:.0f} | "
-            f"{d['memory_bytes_analytic']['decode_layout_weights'] / GIB:.2f} | {gib(d):.2f} | {r:.2f} s |"
+            f"{d['memory_bytes_analytic']['decode_layout_weights'] / GIB:.2f} | {gib(d)} | {r:.2f} s |"
         )
 print()
 print(
@@ -88,7 +95,7 @@ for sl, suffix in (
 ):
     d = load(f"7b_{sl}{suffix}")
     f = load(f"7b_{sl}")
-    full = f"{gib(f):.2f}" if f else "–"
+    full = gib(f) if f else "–"
     if d is None:
         print(f"| {sl} ({suffix}) | not compiled | | | | {full} | | | | |")
         continue
@@ -96,6 +103,6 @@ for sl, suffix in (
     t, c = d["collective_bytes"]["per_decoded_token"], d["collectives"]["per_decoded_token"]
     print(
         f"| {sl} | {m['data']},{m['fsdp']},{m['tensor']} | {d['global_pairs']} | {d['decode_layout']} | "
-        f"{gib(d):.2f} / {d['hbm_bytes'] / GIB:.0f} | {full} | {'yes' if d['fits'] else 'no'} | "
+        f"{gib(d)} / {d['hbm_bytes'] / GIB:.0f} | {full} | {'yes' if d['fits'] else 'no'} | "
         f"{t['answers'] / GIB:.1f} GiB in {c['answers']:.0f} | {step(d)} |"
     )
