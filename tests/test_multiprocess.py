@@ -128,7 +128,8 @@ def test_two_processes_train_like_one_and_resume_after_sigterm(tmp_path):
     assert [m["step"] for m in full_metrics] == [1, 2, 3, 4]
     assert _saved_steps(full_dir) == [2, 4]
     samples = sorted(p.name for p in (full_dir / "samples").iterdir())
-    assert samples == [f"step_00000{s}{x}" for s in (2, 4) for x in (".png", "_answers.txt")]
+    # The first step's grid shows where the run starts, then every samples_every steps.
+    assert samples == [f"step_00000{s}{x}" for s in (1, 2, 4) for x in (".png", "_answers.txt")]
 
     # (b) The first step of 2 processes x 4 devices equals 1 process x 8 devices.
     assert one_first.keys() == full_metrics[0].keys()

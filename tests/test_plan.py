@@ -22,6 +22,8 @@ from pairuni_jax.rollout.layout import DecodeLayout
 from pairuni_jax.run_config import load_run_config
 
 TINY = ["mesh.data=2", "mesh.fsdp=4"]
+# The random tiny Janus and CLIP (the tests build the same models to compare against).
+RANDOM_TINY = [*TINY, "model.path=null", "reward.path=null"]
 
 
 def _cli(argv: list[str]) -> int:
@@ -127,7 +129,7 @@ def test_bad_config_exits_2(capsys):
 @pytest.fixture(scope="module")
 def tiny_plan():
     # The random tiny world (the demo world's 16-px VQ is counted 17 % off: its own issue).
-    config = load_run_config(["configs/tiny.yaml"], [*TINY, "model.path=null", "reward.path=null"])
+    config = load_run_config(["configs/tiny.yaml"], RANDOM_TINY)
     return plan.make_plan(config, jax.devices()[:8], target="test", chip=flops.CHIPS["v5e"])
 
 
@@ -153,7 +155,7 @@ def test_lora_plan_holds_adapters_in_adam_and_counts_no_weight_gradients():
     on the same mesh, Adam holds two moments of the adapters only, and the compiled training
     FLOPs match the analytic count without weight gradients (rank 1, so the adapters' own
     matmuls, which the analytic count leaves out, stay a few % of tiny's)."""
-    overrides = [*TINY, "model.lora.rank=1", "model.lora.alpha=2"]
+    overrides = [*RANDOM_TINY, "model.lora.rank=1", "model.lora.alpha=2"]
     config = load_run_config(["configs/tiny.yaml"], overrides)
     devices = jax.devices()[:8]
     result = plan.make_plan(config, devices, target="test", chip=None)
@@ -173,7 +175,7 @@ def test_lora_plan_holds_adapters_in_adam_and_counts_no_weight_gradients():
     assert args["trainable parameters"] == adapters
     assert args["frozen parameters"] == per_device(nnx.state(policy, nnx.Not(nnx.LoRAParam)))
     full = plan.make_plan(
-        load_run_config(["configs/tiny.yaml"], TINY), devices, target="test", chip=None
+        load_run_config(["configs/tiny.yaml"], RANDOM_TINY), devices, target="test", chip=None
     )
     # Adam's two moments of each trainable parameter, and the same scalars (step, counts).
     scalars = full.arguments["optimizer state"] - 2 * full.arguments["trainable parameters"]
