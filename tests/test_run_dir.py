@@ -189,9 +189,9 @@ POD_HOST = textwrap.dedent(
     for directory in sys.argv[3:]:
         try:
             lock = run_dir.start_on_lead(Path(directory), {"steps": 1}, ())
-            print("holds" if lock is not None else "no lock", flush=True)
+            print("result: " + ("holds" if lock is not None else "no lock"), flush=True)
         except run_dir.RunDirError as e:
-            print(f"error: {e}", flush=True)
+            print(f"result: error: {e}", flush=True)
     jax.distributed.shutdown()
     """
 )
@@ -213,8 +213,13 @@ def test_on_a_pod_the_lead_host_locks_and_every_host_learns_a_refusal(tmp_path):
         )
         for i in range(2)
     ]
+    # Only the script's own lines: gloo and libraries also write to stdout.
     lead, other = (
-        [line for line in h.communicate(timeout=300)[0].splitlines() if "[Gloo]" not in line]
+        [
+            line.removeprefix("result: ")
+            for line in h.communicate(timeout=300)[0].splitlines()
+            if line.startswith("result: ")
+        ]
         for h in hosts
     )
     held.release()
