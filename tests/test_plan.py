@@ -101,6 +101,7 @@ def test_a_step_the_compiler_refuses_is_a_plan_that_does_not_fit(monkeypatch, tm
     assert "try model.lora.rank=16" in out and TPU_REFUSAL in out
     saved = json.loads(out_json.read_text())
     assert saved["fits"] is False and saved["compiler_refused"] == TPU_REFUSAL
+    assert saved["compiler"] == "cpu"  # the devices compiled for (fake CPU ones here)
     memory = saved["memory_bytes"]
     assert memory[report.TEMPORARIES] == round(43.32 * 2**30)
     config = load_run_config(["configs/tiny.yaml"], TINY)

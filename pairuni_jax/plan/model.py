@@ -63,6 +63,7 @@ class StepRefused(Exception):
         self,
         config: RunConfig,
         target: str,
+        platform: str,
         mesh_shape: dict,
         arguments: dict,
         hbm_bytes: int | None,
@@ -70,6 +71,7 @@ class StepRefused(Exception):
     ):
         super().__init__(message)
         self.config, self.target, self.mesh_shape = config, target, mesh_shape
+        self.platform = platform  # of the devices compiled for, as Plan.platform
         self.arguments = arguments
         self.hbm_bytes, self.message = hbm_bytes, message
         found = _REFUSED_TEMPORARIES.search(message)
@@ -264,7 +266,9 @@ def make_plan(
             if not str(e).startswith("RESOURCE_EXHAUSTED"):
                 raise
             arguments = run.argument_bytes(lowered)
-            raise StepRefused(config, target, dict(mesh.shape), arguments, hbm, str(e)) from e
+            raise StepRefused(
+                config, target, devices[0].platform, dict(mesh.shape), arguments, hbm, str(e)
+            ) from e
         compiled_at = time.perf_counter()
     memory = compiled.memory_analysis()
     if memory is None:

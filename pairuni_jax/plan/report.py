@@ -370,6 +370,7 @@ def refusal_json(refused: StepRefused) -> dict[str, Any]:
     """A refused step as plain JSON values (bytes per device)."""
     return {
         "target": refused.target,
+        "compiler": refused.platform,
         "mesh": refused.mesh_shape,
         "hbm_bytes": refused.hbm_bytes,
         "fits": False,
