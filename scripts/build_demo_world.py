@@ -84,7 +84,7 @@ POLICY = JanusConfig(
 )
 POLICY_INIT_SEED = 0
 VISION_TRAIN = VisionTrainConfig(steps=400, batch_size=64, seed=0)
-SFT_STEPS = (300, 150)  # images alone, then answers and images
+SFT_STEPS = (300, 60)  # images alone, then answers and images
 SFT_PAIRS = 16
 SFT_LEARNING_RATE = 2e-3  # constant: a longer run passes through the same models
 
