@@ -76,10 +76,10 @@ def test_demo_reward_prefers_each_images_own_caption(world, kind):
     assert gap.mean() > 0.5 and np.mean(gap > 0) > 0.9, (own.mean(), others.mean())
 
 
-def test_demo_policy_answers_from_the_image(world):
-    """The probability of the right option letter is higher with the question's own image than
-    with another pair's, and the policy's best letter is right more often than chance, but not
-    always (the supervised warm start stops early so that RL has something to learn)."""
+def test_demo_policy_knows_the_format_and_leaves_rl_room(world):
+    """The supervised warm start stops early so that RL has something to learn: the option
+    letters carry the first answer token's probability, the right letter's share is above what
+    another pair's image gives it (the image is read) but far from certain."""
     policy = world[0]
     tokenizer = load_tokenizer(DEMO_POLICY)
     config = dataclasses.replace(demo_data(), pairs_per_host=NUM_IMAGES, num_epochs=1)
@@ -114,13 +114,12 @@ def test_demo_policy_answers_from_the_image(world):
         ("other", batch["und_pixel_values"][::-1]),
     ):
         logp = np.where(valid, np.asarray(letter_logprobs(policy, jnp.asarray(pixels))), -np.inf)
-        p = np.exp(logp - logp.max(axis=1, keepdims=True))
-        p /= p.sum(axis=1, keepdims=True)
-        right = p[np.arange(len(answer)), answer]
-        results[name] = (right.mean(), np.mean(logp.argmax(axis=1) == answer))
-    (p_own, greedy_own), (p_other, _) = results["own"], results["other"]
-    assert p_own > p_other + 0.1 and p_own > chance + 0.1, results
-    assert greedy_own < 0.9, results
+        options_mass = np.exp(logp).sum(axis=1)
+        right = np.exp(logp[np.arange(len(answer)), answer]) / options_mass
+        results[name] = (right.mean(), options_mass.mean())
+    (p_own, mass), (p_other, _) = results["own"], results["other"]
+    assert mass > 0.75, results  # answers start with one of the question's letters
+    assert p_other + 0.02 < p_own < 0.5 and abs(p_other - chance) < 0.05, (results, chance)
 
 
 def test_pretrain_vision_teaches_a_random_tower_the_attributes():

@@ -21,7 +21,7 @@ from pairuni_jax.plan import report, slices
 from pairuni_jax.rollout.layout import DecodeLayout
 from pairuni_jax.run_config import load_run_config
 
-TINY = ["mesh.data=2", "mesh.fsdp=4"]
+TINY = ["mesh.data=2", "mesh.fsdp=4", "data.pairs_per_host=4"]  # 4 pairs: a quicker compile
 # The random tiny Janus and CLIP (the tests build the same models to compare against).
 RANDOM_TINY = [*TINY, "model.path=null", "reward.path=null"]
 
@@ -121,8 +121,14 @@ def test_a_step_the_compiler_refuses_is_a_plan_that_does_not_fit(monkeypatch, tm
 
 
 def test_bad_config_exits_2(capsys):
-    # 4 pairs x 3 rollouts = 12 rows do not split over 8 batch shards.
-    argv = ["--devices", "8", "mesh.fsdp=8", "grpo.rollout.num_und_rollouts=3"]
+    # 2 pairs x 3 rollouts = 6 rows do not split over 8 batch shards.
+    argv = [
+        "--devices",
+        "8",
+        "mesh.fsdp=8",
+        "data.pairs_per_host=2",
+        "grpo.rollout.num_und_rollouts=3",
+    ]
     assert _cli(argv) == 2
     assert "rollout rows do not split" in capsys.readouterr().err
 
@@ -181,9 +187,13 @@ def test_lora_plan_holds_adapters_in_adam_and_counts_no_weight_gradients():
     # Adam's two moments of each trainable parameter, and the same scalars (step, counts).
     scalars = full.arguments["optimizer state"] - 2 * full.arguments["trainable parameters"]
     assert args["optimizer state"] == 2 * adapters + scalars
-    # model.param_dtype=bf16 would halve the fp32 adapters and their moments, not the bf16 base.
+    # The demo's KL anchor keeps a reference copy of the trainable parameters: the adapters.
+    assert args["reference parameters"] == adapters
+    # model.param_dtype=bf16 would halve the fp32 adapters, their moments and their reference
+    # copy, not the bf16 base.
     (estimate,) = (t for knob, t in report.fixes(result) if "param_dtype" in knob)
-    assert estimate == result.total_bytes - (adapters + args["optimizer state"]) // 2
+    halved = adapters + args["optimizer state"] + args["reference parameters"]
+    assert estimate == result.total_bytes - halved // 2
     lora_flops, n = result.analytic, result.num_devices
     assert lora_flops.training < 0.8 * full.analytic.training  # no weight gradients
     assert result.compiled_counts.flops["training"] == pytest.approx(

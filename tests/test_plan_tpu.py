@@ -31,7 +31,9 @@ def _v5p_8() -> list:
 def test_tiny_step_on_the_tpu_compiler_fits_and_counts_what_the_model_computes():
     target = plan.Slice.parse("v5p-8")
     devices = plan.tpu_topology_devices(target)
-    config = load_run_config(["configs/tiny.yaml"], ["mesh.data=1", "mesh.fsdp=4"])
+    config = load_run_config(
+        ["configs/tiny.yaml"], ["mesh.data=1", "mesh.fsdp=4", "data.pairs_per_host=4"]
+    )
     result = plan.make_plan(config, devices, target="v5p-8", chip=target.chip)
     assert result.platform == "tpu" and result.fits
     counted, a, n = result.compiled_counts.flops, result.analytic, result.num_devices

@@ -88,7 +88,7 @@ def test_resume_check_names_fields_with_old_and_new_values():
         config_changes.check_resume(old, new, [], "runs/R")
     message = str(info.value)
     assert "model.init_seed: 0 -> 1 cannot change on resume" in message
-    assert "optimizer.learning_rate: 0.0001 -> 3e-05" in message
+    assert "optimizer.learning_rate: 0.001 -> 3e-05" in message
     assert "--allow-config-change optimizer.learning_rate steps" in message
     assert "logging" not in message  # free to change
 
@@ -133,7 +133,7 @@ def test_history_keeps_every_config_and_user_files_are_not_adopted(tmp_path):
     assert run_dir.record_config(tmp_path, first) is None  # unchanged: nothing written
     run_dir.record_config(tmp_path, second)
     history = sorted((tmp_path / run_dir.HISTORY_DIR).iterdir())
-    assert [yaml.safe_load(p.read_text())["steps"] for p in history] == [20, 40]
+    assert [yaml.safe_load(p.read_text())["steps"] for p in history] == [160, 40]
     assert run_dir.saved_config(tmp_path) == second
     run_dir.check_ownership(tmp_path)
 

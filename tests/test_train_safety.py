@@ -70,7 +70,7 @@ def test_user_errors_are_one_error_line_and_exit_2(override, message, tmp_path, 
 @pytest.mark.parametrize(
     "override,message",
     [
-        ("optimizer.learning_rate=3e-5", "optimizer.learning_rate: 0.0001 -> 3e-05"),
+        ("optimizer.learning_rate=3e-5", "optimizer.learning_rate: 0.001 -> 3e-05"),
         ("model.init_seed=1", "model.init_seed: 0 -> 1 cannot change on resume"),
         ("data.pairs_per_host=2", "data.pairs_per_host: 4 -> 2 cannot change on resume"),
     ],
